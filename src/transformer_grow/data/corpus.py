@@ -122,6 +122,14 @@ class FileCorpus:
             return list(self.files)
         return [f for f in self.files if self.assignment[f] == split]
 
+    def split_bytes(self, split: str) -> int:
+        """Size of ``split`` in bytes of source text (approximate for a single-file corpus)."""
+        if self.single_file:
+            size = (self.root / self.files[0]).stat().st_size
+            val = int(size * self.val_fraction)
+            return val if split == "val" else size - val
+        return sum((self.root / rel).stat().st_size for rel in self.split_files(split))
+
     def num_documents(self, split: str) -> int:
         if self.single_file:
             return -(-len(self._read(self.files[0])) // SINGLE_FILE_PIECE_CHARS) or 1
@@ -183,7 +191,7 @@ class HFCorpus:
 
             try:
                 ds = datasets.load_dataset(self.name, self.config, split=self.hf_split)
-            except Exception as e:  # noqa: BLE001 - any loading failure is a bad corpus setting
+            except Exception as e:  # any loading failure means a bad corpus setting
                 raise ConfigError(f"corpus={self.label!r} could not be loaded: {e}") from e
             require("text" in ds.column_names,
                     f"corpus={self.label!r} has no 'text' column (columns: {', '.join(ds.column_names)})")
