@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tiny models and small BLAS calls run many times slower with 2 threads on 2 shared cores; the suite
+# instead runs two test processes in parallel (pytest-xdist), one thread each. Subprocesses inherit this.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -1,0 +1,124 @@
+"""`tgrow train`: train a model from scratch, or continue a run with `--resume DIR`.
+
+    tgrow train --preset micro --max-steps 300 --out runs/micro
+    tgrow train --config run.yaml --lr 1e-3 --out runs/a
+    tgrow train --resume runs/micro --max-steps 600
+
+The run directory receives ``config.json`` (the resolved settings), ``metrics.jsonl`` and the latest
+checkpoint in ``checkpoint/``. A final line summarises the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from transformer_grow.cli.common import (
+    DATA_FLAG_FIELDS,
+    MODEL_FLAG_FIELDS,
+    TRAIN_FLAG_FIELDS,
+    add_config_options,
+    add_data_options,
+    add_model_options,
+    add_train_options,
+    build_run_setup,
+    check_device,
+    flag_values,
+    load_config_file,
+)
+from transformer_grow.data import DataConfig, prepare_data
+from transformer_grow.errors import ConfigError, require
+from transformer_grow.io import atomic_write_json
+from transformer_grow.train import TrainConfig, Trainer, TrainingDiverged
+from transformer_grow.train.checkpoint import read_checkpoint_meta, resolve_checkpoint_dir
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train", help="train a model (from scratch or resumed from a checkpoint)",
+        description="Train a GPT model on a corpus. Settings come from the dataclass defaults, a preset, "
+                    "--config FILE and the flags (flags win). Leaves metrics.jsonl and a resumable "
+                    "checkpoint in the run directory.")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="run directory for config.json, metrics.jsonl and checkpoint/ (required unless "
+                             "--resume, which defaults to the resumed run's directory)")
+    parser.add_argument("--resume", metavar="DIR", default=None,
+                        help="continue the run whose checkpoint is in DIR (a run or checkpoint directory); the "
+                             "model comes from the checkpoint, train/data flags (e.g. a larger --max-steps) "
+                             "override the checkpointed settings")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars on stderr")
+    add_config_options(parser)
+    add_model_options(parser)
+    add_train_options(parser)
+    add_data_options(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _print_start(trainer: Trainer, data, resumed: bool) -> None:
+    model = trainer.model
+    verb = f"resuming at step {trainer.step}" if resumed else "training"
+    print(f"{verb}: {model.num_params():,} non-embedding parameters "
+          f"({model.num_params(non_embedding=False):,} total), {model.flops_per_token():,} FLOPs/token, "
+          f"{trainer.total_steps:,} steps of {trainer.tokens_per_step:,} tokens on {trainer.device} "
+          f"| data: {getattr(data, 'description', '')}", file=sys.stderr)
+
+
+def _fit(trainer: Trainer) -> int:
+    try:
+        summary = trainer.fit()
+    except TrainingDiverged as e:
+        print(f"tgrow train: error: TrainingDiverged: {e}", file=sys.stderr)
+        return 1
+    finally:
+        trainer.close()
+    print(summary.line())
+    return 0
+
+
+def _run_new(args: argparse.Namespace) -> int:
+    require(args.out is not None, "--out DIR is required (the run directory), unless --resume DIR is given")
+    out = Path(args.out)
+    try:
+        resolve_checkpoint_dir(out)
+    except ConfigError:
+        pass
+    else:
+        raise ConfigError(f"--out {args.out!r} already holds a checkpoint; continue it with --resume {args.out} "
+                          "or choose another directory")
+    setup = build_run_setup(args)
+    data = prepare_data(setup.data, progress=not args.no_progress)
+    model_config = setup.model_for(data)
+    trainer = Trainer(model_config, setup.train, data, out_dir=out, data_config=setup.data,
+                      progress=not args.no_progress)
+    atomic_write_json(out / "config.json", {"model": model_config.to_dict(), "train": setup.train.to_dict(),
+                                            "data": dataclasses.asdict(setup.data), "data_fingerprint": data.fingerprint})
+    _print_start(trainer, data, resumed=False)
+    return _fit(trainer)
+
+
+def _run_resume(args: argparse.Namespace) -> int:
+    meta = read_checkpoint_meta(args.resume)
+    file = load_config_file(args.config) if args.config else {"preset": None, "model": {}, "train": {}, "data": {}}
+    model_flags = sorted(flag_values(args, MODEL_FLAG_FIELDS)) + (["preset"] if args.preset else [])
+    model_file = sorted(file["model"]) + (["preset"] if file["preset"] else [])
+    require(not model_flags and not model_file,
+            f"model settings ({', '.join(model_flags + model_file)}) cannot change when resuming; the model "
+            f"comes from the checkpoint in {args.resume!r}")
+    state = meta["train_state"]
+    train = TrainConfig.from_dict({**state["train_config"], **file["train"], **flag_values(args, TRAIN_FLAG_FIELDS)})
+    data_settings = {**(state.get("data_config") or {}), **file["data"], **flag_values(args, DATA_FLAG_FIELDS)}
+    check_device(train)
+    data_config = DataConfig(**data_settings)
+    data_config.validate()
+    data = prepare_data(data_config, progress=not args.no_progress)
+    trainer = Trainer.resume(args.resume, data, train_config=train, out_dir=args.out, data_config=data_config,
+                             progress=not args.no_progress)
+    _print_start(trainer, data, resumed=True)
+    return _fit(trainer)
+
+
+def run(args: argparse.Namespace) -> int:
+    return _run_resume(args) if args.resume else _run_new(args)

@@ -1,0 +1,165 @@
+"""Typed training configuration.
+
+:class:`TrainConfig` holds every setting of the optimisation loop (budget, optimiser, schedule,
+evaluation, logging, checkpointing, device). :meth:`TrainConfig.validate` refuses bad values with a
+:class:`~transformer_grow.errors.ConfigError` naming the value and what is allowed, before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from transformer_grow.errors import ConfigError, choice, require
+
+SCHEDULES = ("cosine", "wsd", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "bf16")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run.
+
+    Budget: ``max_steps`` and/or ``max_tokens`` (at least one); training stops at whichever comes
+    first. One step consumes ``batch_size * seq_len`` tokens (``batch_size`` sequences, split into
+    ``grad_accum`` micro-batches of ``batch_size // grad_accum``).
+
+    Optimiser: AdamW (Loshchilov & Hutter 2019) with ``beta1``, ``beta2``; weight decay applies to
+    parameters with 2 or more dimensions only (matmul weights and embeddings), not to norm weights or
+    biases: the nanoGPT convention. ``grad_clip`` caps the global gradient L2 norm (0 disables).
+
+    Schedule (see :mod:`transformer_grow.train.schedule`): linear warmup over ``warmup_steps`` to
+    ``lr``, then ``"cosine"`` decay to ``lr * min_lr_ratio`` at the last step, ``"wsd"``
+    (warmup-stable-decay: constant, then linear decay to ``lr * min_lr_ratio`` over the last
+    ``decay_frac`` of the steps) or ``"constant"``.
+
+    Intervals are in optimizer steps; ``eval_interval=0`` / ``ckpt_interval=0`` mean "only at the
+    end". ``seed`` fixes model initialisation and the data order.
+
+    ``device``: ``"auto"`` picks CUDA, then MPS, then CPU. ``dtype``: ``"auto"`` is bf16 autocast on
+    CUDA GPUs that support it and fp32 elsewhere; ``"bf16"`` forces bf16 autocast (also on CPU, opt-in);
+    ``"fp32"`` disables autocast. Parameters and optimizer state are always fp32; evaluation is fp32.
+    """
+
+    # Budget and batch.
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    # Optimiser and schedule.
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    decay_frac: float = 0.2
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # Evaluation, logging, checkpoints.
+    eval_interval: int = 200
+    eval_windows: int = 64
+    eval_batch_size: int | None = None  # default: the micro-batch size
+    log_interval: int = 10
+    ckpt_interval: int = 500
+    tensorboard: bool = False
+    # Reproducibility and hardware.
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Sequences per forward/backward pass: ``batch_size // grad_accum``."""
+        return self.batch_size // self.grad_accum
+
+    def total_steps(self, seq_len: int) -> int:
+        """Length of the run in optimizer steps for sequences of ``seq_len`` tokens."""
+        steps = []
+        if self.max_steps is not None:
+            steps.append(self.max_steps)
+        if self.max_tokens is not None:
+            steps.append(math.ceil(self.max_tokens / (self.batch_size * seq_len)))
+        return min(steps)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        for name in ("batch_size", "grad_accum", "eval_windows", "log_interval"):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 1, f"{name}={value!r} is not allowed; it must be an integer >= 1")
+        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "seed"):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 0, f"{name}={value!r} is not allowed; it must be an integer >= 0")
+        require(self.batch_size % self.grad_accum == 0,
+                f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}; "
+                "choose grad_accum dividing batch_size")
+        require(self.max_steps is not None or self.max_tokens is not None,
+                "no training budget: set max_steps (--max-steps) and/or max_tokens (--max-tokens)")
+        for name in ("max_steps", "max_tokens"):
+            value = getattr(self, name)
+            require(value is None or (_is_int(value) and value >= 1),
+                    f"{name}={value!r} is not allowed; it must be a positive integer (or unset)")
+        if self.eval_batch_size is not None:
+            require(_is_int(self.eval_batch_size) and self.eval_batch_size >= 1,
+                    f"eval_batch_size={self.eval_batch_size!r} is not allowed; it must be an integer >= 1 (or unset)")
+        require(_is_number(self.lr) and self.lr > 0, f"lr={self.lr!r} is not allowed; it must be a number > 0")
+        require(_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+                f"min_lr_ratio={self.min_lr_ratio!r} is not allowed; it must lie in [0, 1]")
+        require(_is_number(self.decay_frac) and 0 < self.decay_frac <= 1,
+                f"decay_frac={self.decay_frac!r} is not allowed; it must lie in (0, 1]")
+        require(_is_number(self.weight_decay) and self.weight_decay >= 0,
+                f"weight_decay={self.weight_decay!r} is not allowed; it must be a number >= 0")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            require(_is_number(value) and 0 <= value < 1, f"{name}={value!r} is not allowed; it must lie in [0, 1)")
+        require(_is_number(self.grad_clip) and self.grad_clip >= 0,
+                f"grad_clip={self.grad_clip!r} is not allowed; it must be a number >= 0 (0 disables clipping)")
+        choice("schedule", self.schedule, SCHEDULES)
+        choice("device", self.device, DEVICES)
+        choice("dtype", self.dtype, DTYPES)
+        for name in ("compile", "tensorboard"):
+            value = getattr(self, name)
+            require(isinstance(value, bool), f"{name}={value!r} is not allowed; it must be true or false")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard=True needs the 'tensorboard' package, which is not installed; "
+                              "run: pip install tensorboard (or leave TensorBoard off)")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes`` applied."""
+        unknown = set(changes) - field_names()
+        if unknown:
+            raise ConfigError(f"unknown train setting(s): {', '.join(sorted(unknown))}; "
+                              f"allowed: {', '.join(sorted(field_names()))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        unknown = set(d) - field_names()
+        if unknown:
+            raise ConfigError(f"unknown train setting(s): {', '.join(sorted(unknown))}; "
+                              f"allowed: {', '.join(sorted(field_names()))}")
+        return cls(**d)
+
+
+def field_names() -> set[str]:
+    """Names of all :class:`TrainConfig` settings."""
+    return {f.name for f in dataclasses.fields(TrainConfig)}

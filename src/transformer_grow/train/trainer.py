@@ -1,0 +1,417 @@
+"""The training loop: :class:`Trainer` drives one model (and, after growth, its successors).
+
+>>> trainer = Trainer(preset("micro", vocab_size=data.vocab_size), TrainConfig(max_steps=300), data, out_dir="run")
+>>> summary = trainer.fit()                  # train to the budget, evaluate, checkpoint
+>>> trainer = Trainer.resume("run", data)    # continue exactly where the checkpoint left off
+
+Exact resume: batches are a pure function of ``(seed, step)`` (``data.batch``), the learning rate a
+pure function of the step (:mod:`~transformer_grow.train.schedule`), and checkpoints hold the model,
+the AdamW state and torch's RNG states, so a resumed run reproduces the uninterrupted one.
+
+Growth: :meth:`Trainer.replace_model` swaps in a grown model with optimizer state mapped by
+parameter name and an optional LR re-warmup; counters (step, tokens, FLOPs, time) continue, and
+FLOPs accumulate with each model's own ``flops_per_token``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transformer_grow.data import DataConfig
+from transformer_grow.errors import ConfigError, require
+from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.train.checkpoint import (
+    CHECKPOINT_DIRNAME,
+    Checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_checkpoint_dir,
+    save_checkpoint,
+)
+from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.device import (
+    autocast,
+    capture_rng_state,
+    resolve_autocast_dtype,
+    resolve_device,
+    restore_rng_state,
+)
+from transformer_grow.train.evaluate import evaluate_windows
+from transformer_grow.train.metrics import METRICS_FILENAME, MetricsLog, ProgressBar, truncate_metrics
+from transformer_grow.train.optim import (
+    build_optimizer,
+    load_optimizer_state_by_name,
+    optimizer_state_by_name,
+)
+from transformer_grow.train.schedule import LRSchedule, Rewarmup, lr_at
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient norm) became NaN or infinite; no update was applied for that step."""
+
+
+@dataclass
+class TrainSummary:
+    """Where a run ended: counters, final losses, throughput and the checkpoint written."""
+
+    step: int
+    tokens: int
+    flops: int
+    wall_seconds: float
+    train_loss: float | None
+    val_loss: float | None
+    tokens_per_s: float
+    checkpoint: str | None
+
+    def line(self) -> str:
+        val = "n/a" if self.val_loss is None else f"{self.val_loss:.4f}"
+        where = self.checkpoint or "(not saved)"
+        return (f"done: step {self.step}, final val_loss {val}, {self.tokens:,} tokens, "
+                f"{self.tokens_per_s:,.0f} tokens/s, wall {self.wall_seconds:.1f}s, checkpoint {where}")
+
+
+class Trainer:
+    """Trains a :class:`GPT` on :class:`~transformer_grow.data.TokenData` under a :class:`TrainConfig`.
+
+    Args:
+        model_config: architecture of a freshly initialised model (seeded with ``train_config.seed``);
+            ignored when ``model`` is given.
+        train_config: the run's settings (budget, optimiser, schedule, intervals, device).
+        data: token data with ``batch``, ``val_windows``, ``check_seq_len``, ``vocab_size``, ``fingerprint``.
+        out_dir: run directory for ``metrics.jsonl`` and ``checkpoint/``; ``None`` keeps metrics in
+            memory only (``trainer.history``) and writes no checkpoint unless :meth:`save` gets a path.
+        model: an existing model to train instead of a fresh one.
+        data_config: recorded in checkpoints so ``tgrow eval/sample`` and resume can rebuild the data.
+        progress: show a tqdm bar (loss, tokens/s, ETA) on stderr.
+    """
+
+    def __init__(self, model_config: ModelConfig | None, train_config: TrainConfig, data: Any,
+                 out_dir: str | os.PathLike | None = None, model: GPT | None = None,
+                 data_config: DataConfig | None = None, progress: bool = False):
+        train_config.validate()
+        self.config = train_config
+        self.data = data
+        self.data_config = data_config
+        self.device = resolve_device(train_config.device)
+        self.autocast_dtype = resolve_autocast_dtype(train_config.dtype, self.device)
+        if model is None:
+            require(model_config is not None, "Trainer needs a model_config or a model")
+            torch.manual_seed(train_config.seed)
+            model = GPT(model_config)
+        self._check_model_fits_data(model)
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.step = 0
+        self.tokens = 0
+        self.flops = 0
+        self.wall_seconds = 0.0
+        self.rewarmup: Rewarmup | None = None
+        self.last_train_loss: float | None = None
+        self.last_val_loss: float | None = None
+        self.extra_state: dict[str, Any] = {}  # JSON-able state of drivers (e.g. a growth plan), checkpointed
+        self.schedule = LRSchedule.from_config(train_config, train_config.total_steps(model.config.seq_len))
+        self._install_model(model)
+        self._metrics = MetricsLog(self.out_dir, tensorboard=train_config.tensorboard)
+        self._val_windows: dict[tuple[int, int], torch.Tensor] = {}
+        self._bar = ProgressBar(progress, total=self.total_steps)
+        self._evaluated_at: int | None = None
+        self._saved_at: int | None = None
+        self._reset_window()
+
+    # ----------------------------------------------------------------- model
+    def _check_model_fits_data(self, model: GPT) -> None:
+        cfg = model.config
+        require(cfg.vocab_size >= self.data.vocab_size,
+                f"vocab_size={cfg.vocab_size} of the model is smaller than the data's vocabulary of "
+                f"{self.data.vocab_size} tokens; use vocab_size >= {self.data.vocab_size}")
+        self.data.check_seq_len(cfg.seq_len)
+
+    def _install_model(self, model: GPT) -> None:
+        self.model = model.to(self.device)
+        self.model.train()
+        self._forward_model = torch.compile(self.model) if self.config.compile else self.model
+        self.optimizer = build_optimizer(self.model, self.config, self.device)
+        self._flops_per_token = self.model.flops_per_token(self.seq_len)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def seq_len(self) -> int:
+        return self.model.config.seq_len
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.batch_size * self.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        """Planned length of the run in steps (the LR schedule's horizon)."""
+        return self.schedule.total_steps
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the next step."""
+        return lr_at(self.schedule, self.step, self.rewarmup)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Metric records written by this trainer object."""
+        return self._metrics.records
+
+    def replace_model(self, new_model: GPT, optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None,
+                      rewarmup_steps: int = 0) -> None:
+        """Continue training ``new_model`` (e.g. a grown model) from the current step.
+
+        ``optimizer_state`` (``{param name: {"exp_avg", "exp_avg_sq", "step"}}``, see
+        :func:`~transformer_grow.train.checkpoint.optimizer_state_by_name`) seeds AdamW by name;
+        parameters without an entry start with zero moments; ``None`` starts a fresh optimizer.
+        With ``rewarmup_steps > 0`` the global schedule continues, multiplied by
+        ``min(1, (step - grow_step) / rewarmup_steps)`` (1-based step numbers) from now on.
+        """
+        require(isinstance(rewarmup_steps, int) and rewarmup_steps >= 0,
+                f"rewarmup_steps={rewarmup_steps!r} is not allowed; it must be an integer >= 0")
+        self._check_model_fits_data(new_model)
+        self._install_model(new_model)
+        if optimizer_state:
+            load_optimizer_state_by_name(self.model, self.optimizer, optimizer_state)
+        self.rewarmup = Rewarmup(self.step, rewarmup_steps) if rewarmup_steps > 0 else None
+
+    # -------------------------------------------------------------- training
+    def done(self) -> bool:
+        """Whether the budget (``max_steps`` / ``max_tokens``) is reached."""
+        cfg = self.config
+        return ((cfg.max_steps is not None and self.step >= cfg.max_steps)
+                or (cfg.max_tokens is not None and self.tokens >= cfg.max_tokens))
+
+    def _next_step_is_last(self) -> bool:
+        cfg = self.config
+        return ((cfg.max_steps is not None and self.step + 1 >= cfg.max_steps)
+                or (cfg.max_tokens is not None and self.tokens + self.tokens_per_step >= cfg.max_tokens))
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """Accumulate gradients of one global batch over ``grad_accum`` micro-batches.
+
+        Returns ``(cross-entropy, objective)`` means over the batch; the objective adds
+        ``moe_aux_loss_coef * aux_loss`` for mixture-of-experts models.
+        """
+        accum = self.config.grad_accum
+        coef = self.model.config.moe_aux_loss_coef if self.model.config.n_expert else 0.0
+        ce_total = torch.zeros((), device=self.device)
+        objective_total = torch.zeros((), device=self.device)
+        for xm, ym in zip(x.chunk(accum), y.chunk(accum)):
+            xm, ym = xm.to(self.device, non_blocking=True), ym.to(self.device, non_blocking=True)
+            with autocast(self.device, self.autocast_dtype):
+                out = self._forward_model(xm, ym)
+            objective = out.loss + coef * out.aux_loss if coef else out.loss
+            (objective / accum).backward()
+            ce_total += out.loss.detach().float()
+            objective_total += objective.detach().float()
+        return float(ce_total) / accum, float(objective_total) / accum
+
+    def _diverged(self, what: str, value: float, step_number: int) -> TrainingDiverged:
+        self.optimizer.zero_grad(set_to_none=True)
+        return TrainingDiverged(f"non-finite {what} {value} at step {step_number} (lr {self.lr:.3g}); no update "
+                                "was applied: lower the learning rate or enable gradient clipping, and resume "
+                                "from the last checkpoint")
+
+    def _optimizer_step(self) -> float:
+        """One optimizer step on the current step's batch; returns its cross-entropy."""
+        cfg, it = self.config, self.step
+        lr = lr_at(self.schedule, it, self.rewarmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        start = time.perf_counter()
+        x, y = self.data.batch(it, cfg.batch_size, self.seq_len, cfg.seed)
+        ce, objective = self.forward_backward(x, y)
+        if not math.isfinite(objective):
+            raise self._diverged("loss", objective, it + 1)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(grad_norm):
+            raise self._diverged("gradient norm", grad_norm, it + 1)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        n_tokens = x.numel()
+        self.step += 1
+        self.tokens += n_tokens
+        self.flops += self._flops_per_token * n_tokens
+        self.wall_seconds += elapsed
+        self.last_train_loss = ce
+        self._window["loss"] += ce
+        self._window["steps"] += 1
+        self._window["tokens"] += n_tokens
+        self._window["seconds"] += elapsed
+        self._window["lr"] = lr
+        return ce
+
+    def _reset_window(self) -> None:
+        self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0, "lr": self.lr}
+
+    def _record(self, **extra: Any) -> dict[str, Any]:
+        w = self._window
+        record = {"step": self.step, "tokens": self.tokens, "flops": self.flops, "wall_seconds": self.wall_seconds,
+                  "lr": w["lr"], "train_loss": w["loss"] / w["steps"] if w["steps"] else self.last_train_loss,
+                  "tokens_per_s": w["tokens"] / w["seconds"] if w["seconds"] > 0 else None, **extra}
+        self._metrics.write(record)
+        self._reset_window()
+        return record
+
+    def _after_step(self, final: bool) -> None:
+        cfg, step = self.config, self.step
+        evaluate = final or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0)
+        log = evaluate or step % cfg.log_interval == 0
+        record = None
+        if log:
+            extra = {"val_loss": self.evaluate()} if evaluate else {}
+            record = self._record(**extra)
+        if self.out_dir is not None and (final or (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0)):
+            self.save()
+        self._bar.update(self.step, record)
+
+    def train_steps(self, n: int) -> float | None:
+        """Take ``n`` optimizer steps (budget not checked), with interval logging/eval/checkpoints.
+
+        Returns the last step's training cross-entropy. Raises :class:`TrainingDiverged` on a
+        non-finite loss or gradient norm (that step is not applied).
+        """
+        for _ in range(n):
+            self._optimizer_step()
+            self._after_step(final=False)
+        return self.last_train_loss
+
+    def fit(self, on_step: Callable[[Trainer], None] | None = None) -> TrainSummary:
+        """Train until the budget is reached, then evaluate and checkpoint (if ``out_dir``).
+
+        ``on_step(trainer)``, if given, runs after every step (after its logging, evaluation and
+        checkpoint); it may e.g. :meth:`replace_model` when a growth condition is met.
+        """
+        try:
+            while not self.done():
+                final = self._next_step_is_last()
+                self._optimizer_step()
+                self._after_step(final=final)
+                if on_step is not None:
+                    on_step(self)
+            if self._evaluated_at != self.step:
+                self._record(val_loss=self.evaluate())
+            if self.out_dir is not None and self._saved_at != self.step:
+                self.save()
+        finally:
+            self.close_progress()
+        return self.summary()
+
+    def summary(self) -> TrainSummary:
+        saved = self.out_dir / CHECKPOINT_DIRNAME if self.out_dir is not None and self._saved_at is not None else None
+        return TrainSummary(step=self.step, tokens=self.tokens, flops=self.flops, wall_seconds=self.wall_seconds,
+                            train_loss=self.last_train_loss, val_loss=self.last_val_loss,
+                            tokens_per_s=self.tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0,
+                            checkpoint=None if saved is None else str(saved))
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self) -> float:
+        """Mean validation cross-entropy on the fixed windows (fp32, no grad, eval mode)."""
+        key = (self.seq_len, self.config.eval_windows)
+        if key not in self._val_windows:
+            self._val_windows[key] = self.data.val_windows(*key)
+        batch_size = self.config.eval_batch_size or self.config.micro_batch_size
+        self.last_val_loss = evaluate_windows(self.model, self._val_windows[key], batch_size, self.device)
+        self._evaluated_at = self.step
+        return self.last_val_loss
+
+    def log(self, **fields: Any) -> None:
+        """Append a record (with the current step, tokens, FLOPs and time) to the metrics, e.g. an event."""
+        self._metrics.write({"step": self.step, "tokens": self.tokens, "flops": self.flops,
+                             "wall_seconds": self.wall_seconds, **fields})
+
+    def close_progress(self) -> None:
+        self._bar.close()
+
+    def close(self) -> None:
+        """Close the progress bar and the metrics writers."""
+        self._bar.close()
+        self._metrics.close()
+
+    # ----------------------------------------------------------- checkpoints
+    def checkpoint(self) -> Checkpoint:
+        """A snapshot of the current state as a :class:`Checkpoint` (CPU copies: training on does not change it)."""
+        data_config = None if self.data_config is None else dataclasses.asdict(self.data_config)
+        train_state = {
+            "step": self.step, "tokens": self.tokens, "flops": self.flops, "wall_seconds": self.wall_seconds,
+            "train_config": self.config.to_dict(), "data_config": data_config,
+            "data_fingerprint": getattr(self.data, "fingerprint", None),
+            "schedule": {"total_steps": self.total_steps,
+                         "rewarmup": None if self.rewarmup is None else self.rewarmup.to_dict()},
+            "rng": capture_rng_state(),
+            "last_train_loss": self.last_train_loss, "last_val_loss": self.last_val_loss,
+            "evaluated_at": self._evaluated_at,
+            "extra": self.extra_state,
+        }
+        optimizer_state = {name: {k: v.cpu() for k, v in entry.items()}  # already copies
+                           for name, entry in optimizer_state_by_name(self.model, self.optimizer).items()}
+        return Checkpoint(model_config=self.model.config, block_keys=self.model.block_keys,
+                          model_state={k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+                          optimizer_state=optimizer_state, train_state=train_state)
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write a checkpoint to ``path`` (default ``<out_dir>/checkpoint``) atomically; returns its path."""
+        if path is None:
+            if self.out_dir is None:
+                raise ValueError("Trainer.save() needs a path when the trainer has no out_dir")
+            path = self.out_dir / CHECKPOINT_DIRNAME
+            self._saved_at = self.step
+        save_checkpoint(path, self.checkpoint())
+        return Path(path)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, data: Any, train_config: TrainConfig | None = None,
+               out_dir: str | os.PathLike | None = None, data_config: DataConfig | None = None,
+               progress: bool = False) -> Trainer:
+        """Continue the run checkpointed at ``path`` (a checkpoint or run directory).
+
+        ``train_config`` defaults to the checkpointed one (pass a copy with a larger ``max_steps``
+        to extend the run). ``out_dir`` defaults to the run directory holding the checkpoint; its
+        metrics past the checkpoint's step (written before a crash) are dropped.
+        """
+        ckpt_dir = resolve_checkpoint_dir(path)
+        ckpt = load_checkpoint(ckpt_dir)
+        state = ckpt.train_state
+        fingerprint = state.get("data_fingerprint")
+        if fingerprint is not None and fingerprint != getattr(data, "fingerprint", fingerprint):
+            raise ConfigError(f"checkpoint {str(ckpt_dir)!r} was trained on data with fingerprint {fingerprint}, "
+                              f"but the data given has fingerprint {data.fingerprint}; resume with the same "
+                              "corpus, tokenizer and vocabulary settings")
+        if train_config is None:
+            train_config = TrainConfig.from_dict(state["train_config"])
+        if data_config is None and state.get("data_config"):
+            data_config = DataConfig(**state["data_config"])
+        if out_dir is None and ckpt_dir.name in (CHECKPOINT_DIRNAME, f".{CHECKPOINT_DIRNAME}.old"):
+            out_dir = ckpt_dir.parent
+        if out_dir is not None:
+            truncate_metrics(Path(out_dir) / METRICS_FILENAME, int(state["step"]))
+        trainer = cls(None, train_config, data, out_dir=out_dir, model=model_from_checkpoint(ckpt),
+                      data_config=data_config, progress=progress)
+        if ckpt.optimizer_state:
+            load_optimizer_state_by_name(trainer.model, trainer.optimizer, ckpt.optimizer_state)
+        trainer.step, trainer.tokens = int(state["step"]), int(state["tokens"])
+        trainer.flops, trainer.wall_seconds = int(state["flops"]), float(state["wall_seconds"])
+        trainer.rewarmup = Rewarmup.from_dict(state.get("schedule", {}).get("rewarmup"))
+        trainer.last_train_loss, trainer.last_val_loss = state.get("last_train_loss"), state.get("last_val_loss")
+        trainer.extra_state = dict(state.get("extra") or {})
+        if out_dir is not None and Path(out_dir) / CHECKPOINT_DIRNAME == ckpt_dir:
+            trainer._saved_at = trainer.step
+        if state.get("evaluated_at") == trainer.step:
+            trainer._evaluated_at = trainer.step
+        trainer._reset_window()
+        restore_rng_state(state.get("rng"))
+        return trainer
