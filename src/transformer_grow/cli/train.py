@@ -32,7 +32,16 @@ from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.io import atomic_write_json
 from transformer_grow.train import TrainConfig, Trainer, TrainingDiverged
-from transformer_grow.train.checkpoint import read_checkpoint_meta, resolve_checkpoint_dir
+from transformer_grow.train.checkpoint import (
+    read_checkpoint_meta,
+    resolve_checkpoint_dir,
+)
+from transformer_grow.train.distributed import (
+    main_rank_first,
+    make_trainer,
+    maybe_distributed_session,
+    resume_trainer,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,6 +58,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "model comes from the checkpoint, train/data flags (e.g. a larger --max-steps) "
                              "override the checkpointed settings")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars on stderr")
+    parser.add_argument("--strategy", choices=("none", "ddp", "fsdp"), default="none",
+                        help="data parallelism under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2), e.g. "
+                             "torchrun --nproc_per_node 2 -m transformer_grow.cli.main train --strategy ddp ...; "
+                             "--batch-size is the global batch (default: none, one process)")
     add_config_options(parser)
     add_model_options(parser)
     add_train_options(parser)
@@ -66,7 +79,7 @@ def _print_start(trainer: Trainer, data, resumed: bool) -> None:
           f"| data: {getattr(data, 'description', '')}", file=sys.stderr)
 
 
-def _fit(trainer: Trainer) -> int:
+def _fit(trainer: Trainer, main: bool = True) -> int:
     try:
         summary = trainer.fit()
     except TrainingDiverged as e:
@@ -74,7 +87,8 @@ def _fit(trainer: Trainer) -> int:
         return 1
     finally:
         trainer.close()
-    print(summary.line())
+    if main:
+        print(summary.line())
     return 0
 
 
@@ -89,14 +103,19 @@ def _run_new(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out!r} already holds a checkpoint; continue it with --resume {args.out} "
                           "or choose another directory")
     setup = build_run_setup(args)
-    data = prepare_data(setup.data, progress=not args.no_progress)
+    env = args.dist_env
+    main = env is None or env.is_main
+    with main_rank_first(env):  # under torchrun, rank 0 fills the token cache first
+        data = prepare_data(setup.data, progress=not args.no_progress and main)
     model_config = setup.model_for(data)
-    trainer = Trainer(model_config, setup.train, data, out_dir=out, data_config=setup.data,
-                      progress=not args.no_progress)
-    atomic_write_json(out / "config.json", {"model": model_config.to_dict(), "train": setup.train.to_dict(),
-                                            "data": dataclasses.asdict(setup.data), "data_fingerprint": data.fingerprint})
-    _print_start(trainer, data, resumed=False)
-    return _fit(trainer)
+    trainer = make_trainer(model_config, setup.train, data, strategy=args.strategy, env=env, out_dir=out,
+                           data_config=setup.data, progress=not args.no_progress)
+    if main:
+        atomic_write_json(out / "config.json", {"model": model_config.to_dict(), "train": setup.train.to_dict(),
+                                                "data": dataclasses.asdict(setup.data),
+                                                "data_fingerprint": data.fingerprint})
+        _print_start(trainer, data, resumed=False)
+    return _fit(trainer, main)
 
 
 def _run_resume(args: argparse.Namespace) -> int:
@@ -113,12 +132,18 @@ def _run_resume(args: argparse.Namespace) -> int:
     check_device(train)
     data_config = DataConfig(**data_settings)
     data_config.validate()
-    data = prepare_data(data_config, progress=not args.no_progress)
-    trainer = Trainer.resume(args.resume, data, train_config=train, out_dir=args.out, data_config=data_config,
-                             progress=not args.no_progress)
-    _print_start(trainer, data, resumed=True)
-    return _fit(trainer)
+    env = args.dist_env
+    main = env is None or env.is_main
+    with main_rank_first(env):
+        data = prepare_data(data_config, progress=not args.no_progress and main)
+    trainer = resume_trainer(args.resume, data, strategy=args.strategy, env=env, train_config=train, out_dir=args.out,
+                             data_config=data_config, progress=not args.no_progress)
+    if main:
+        _print_start(trainer, data, resumed=True)
+    return _fit(trainer, main)
 
 
 def run(args: argparse.Namespace) -> int:
-    return _run_resume(args) if args.resume else _run_new(args)
+    with maybe_distributed_session(args.strategy, args.device or "auto") as env:
+        args.dist_env = env
+        return _run_resume(args) if args.resume else _run_new(args)
