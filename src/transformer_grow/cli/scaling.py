@@ -1,20 +1,30 @@
 """`tgrow scaling`: the scaling-law lab.
 
 - fit FILE: fit L(N), L(D), L(C), the Chinchilla form L(N, D) (Approach 3) and IsoFLOP profiles
-  (Approach 2) to our results JSONL or any CSV, with bootstrap intervals and leave-one-out validation;
-- estimate: list the runs of a grid (quick, dev or full) with their size, tokens and FLOPs, and
-  which are already in a results file;
-- run: train the grid's missing runs into a results file (needs the trainer; not wired in yet).
+  (Approach 2) to our results JSONL or any CSV, with bootstrap intervals and leave-one-out validation
+  (one plan's runs; early-stopped runs are left out unless --include-early-stopped);
+- growth FILE: growth's FLOP saving over training from scratch as a function of model size, with
+  intervals, extrapolated beyond the largest run (both plans' runs in one results file);
+- estimate: a grid's runs with their size, tokens, FLOPs and expected time from throughput measured
+  on this machine (a few timed training steps per model), per run and in total;
+- run: train a grid's missing runs (real training runs) into a results JSONL; resumable.
+
+    tgrow scaling estimate --mode quick
+    tgrow scaling run --mode quick --out runs/scaling-quick
+    tgrow scaling run --mode quick --plans scratch,g_stack --out runs/scaling-growth
+    tgrow scaling fit runs/scaling-quick/results.jsonl
+    tgrow scaling growth runs/scaling-growth/results.jsonl --plan g_stack
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from transformer_grow.errors import ConfigError, require
+from transformer_grow.errors import require
 
-GRID_MODES = ("quick", "dev", "full")
+SCRATCH_PLAN = "scratch"
 
 
 def add_parser(subparsers) -> None:
@@ -27,114 +37,160 @@ def add_parser(subparsers) -> None:
     sub = parser.add_subparsers(dest="scaling_command", metavar="SUBCOMMAND")
     sub.required = True
     _add_fit(sub)
+    _add_growth(sub)
     _add_grid_commands(sub)
 
 
 def _add_fit(sub) -> None:
     p = sub.add_parser(
-        "fit",
-        help="fit scaling laws to a results JSONL or a CSV",
-        description="Fit L(N), L(D), L(C), L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, "
-        "Approach 3: Huber loss on log-loss residuals, L-BFGS from a grid of starts) and IsoFLOP "
-        "profiles (Approach 2) to FILE, with bootstrap intervals and leave-one-out validation. "
-        "Prints a summary; with --out, writes fit.json, fit.md and PNG plots.",
-    )
+        "fit", help="fit scaling laws to a results JSONL or a CSV",
+        description="Fit L(N), L(D), L(C), L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, Approach 3: "
+        "Huber loss on log-loss residuals, L-BFGS from a grid of starts) and IsoFLOP profiles (Approach 2) to FILE, "
+        "with bootstrap intervals and leave-one-out validation. Prints a summary; with --out, writes fit.json, "
+        "fit.md and PNG plots. A results JSONL with several plans is fitted one plan at a time (--plan).")
     p.add_argument("file", metavar="FILE", help="results JSONL (one run per line) or CSV with a header row")
-    p.add_argument(
-        "--format",
-        default="auto",
-        choices=("auto", "jsonl", "csv"),
-        help="input format (default: from the extension: .jsonl/.json or .csv)",
-    )
-    p.add_argument(
-        "--n-col", default=None, help="column holding the parameter count N (default: n_params_nonembedding)"
-    )
+    p.add_argument("--format", default="auto", choices=("auto", "jsonl", "csv"),
+                   help="input format (default: from the extension: .jsonl/.json or .csv)")
+    p.add_argument("--n-col", default=None, help="column holding the parameter count N (default: n_params_nonembedding)")
     p.add_argument("--d-col", default=None, help="column holding the training tokens D (default: tokens)")
-    p.add_argument(
-        "--c-col",
-        default=None,
-        help="column holding the training compute C in FLOPs; without --d-col, D = C / (6 N) "
-        "(default: flops when present, else C = 6 N D)",
-    )
+    p.add_argument("--c-col", default=None, help="column holding the training compute C in FLOPs; without --d-col, "
+                                                 "D = C / (6 N) (default: flops when present, else C = 6 N D)")
     p.add_argument("--loss-col", default=None, help="column holding the final loss (default: final_val_loss)")
-    p.add_argument(
-        "--drop-invalid",
-        action="store_true",
-        help="leave out runs with a missing, non-numeric or non-positive value instead of refusing",
-    )
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=200,
-        metavar="K",
-        help="bootstrap resamples for the intervals (default: 200; 0 turns the bootstrap off)",
-    )
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="leave out runs with a missing, non-numeric or non-positive value instead of refusing")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="K",
+                   help="bootstrap resamples for the intervals (default: 200; 0 turns the bootstrap off)")
     p.add_argument("--level", type=float, default=0.95, help="interval level (default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
-    p.add_argument(
-        "--huber-delta",
-        type=float,
-        default=1e-3,
-        help="Huber delta on log-loss residuals (default: 1e-3, as Hoffmann et al.)",
-    )
-    p.add_argument(
-        "--init-grid",
-        default="full",
-        choices=("full", "reduced"),
-        help="L-BFGS starts: full = the paper's 4,500-start grid, reduced = 72 starts (default: full)",
-    )
-    p.add_argument(
-        "--isoflop-rtol",
-        type=float,
-        default=0.1,
-        help="runs whose compute is within this relative tolerance form one IsoFLOP budget (default: 0.1)",
-    )
+    p.add_argument("--huber-delta", type=float, default=1e-3,
+                   help="Huber delta on log-loss residuals (default: 1e-3, as Hoffmann et al.)")
+    _add_init_grid(p)
+    p.add_argument("--isoflop-rtol", type=float, default=0.1,
+                   help="runs whose compute is within this relative tolerance form one IsoFLOP budget (default: 0.1)")
     p.add_argument("--no-loo", action="store_true", help="skip the leave-one-out validation")
-    p.add_argument(
-        "--predict-n",
-        type=float,
-        nargs="+",
-        default=[],
-        metavar="N",
-        help="predict the loss at these parameter counts (pair with --predict-d)",
-    )
-    p.add_argument(
-        "--predict-d",
-        type=float,
-        nargs="+",
-        default=[],
-        metavar="D",
-        help="... and these token counts (one per --predict-n value)",
-    )
-    p.add_argument(
-        "--predict-c",
-        type=float,
-        nargs="+",
-        default=[],
-        metavar="C",
-        help="compute budgets (FLOPs) for the compute-optimal N, D, tokens per parameter and loss "
-        "(default: the largest run's compute)",
-    )
+    p.add_argument("--predict-n", type=float, nargs="+", default=[], metavar="N",
+                   help="predict the loss at these parameter counts (pair with --predict-d)")
+    p.add_argument("--predict-d", type=float, nargs="+", default=[], metavar="D",
+                   help="... and these token counts (one per --predict-n value)")
+    p.add_argument("--predict-c", type=float, nargs="+", default=[], metavar="C",
+                   help="compute budgets (FLOPs) for the compute-optimal N, D, tokens per parameter and loss "
+                        "(default: the largest run's compute)")
     p.add_argument("--out", default=None, metavar="DIR", help="write fit.json, fit.md and plots into DIR")
     p.add_argument("--no-plots", action="store_true", help="with --out, skip the PNG plots")
+    p.add_argument("--plan", default=None, help="fit the runs of this plan (default: every run when the file holds "
+                                                "one plan, else the 'scratch' runs)")
+    _add_include_early_stopped(p)
     p.set_defaults(func=run_fit)
 
 
+def _add_init_grid(p) -> None:
+    p.add_argument("--init-grid", default="full", choices=("full", "reduced"),
+                   help="L-BFGS starts: full = the paper's 4,500-start grid, reduced = 72 starts (default: full)")
+
+
+def _add_include_early_stopped(p) -> None:
+    p.add_argument("--include-early-stopped", action="store_true",
+                   help="use early-stopped runs at their planned tokens with their predicted final loss (an "
+                        "extrapolation); by default they are left out")
+
+
+def _add_growth(sub) -> None:
+    p = sub.add_parser(
+        "growth", help="growth's FLOP saving vs scratch as a function of model size, extrapolated",
+        description="Fit the Chinchilla form to the scratch runs and to a growth plan's runs of FILE (in effective "
+        "tokens C / 6N, growth's small stages counted) and report, at each size N, the FLOPs growth saves to reach "
+        "the loss scratch reaches at D = tokens-per-param x N, with bootstrap intervals; sizes beyond the runs "
+        "are extrapolations and are marked.")
+    p.add_argument("file", metavar="FILE", help="results JSONL of `tgrow scaling run --plans scratch,PLAN`")
+    p.add_argument("--plan", default=None, help="the growth plan (default: the only non-scratch plan in FILE)")
+    p.add_argument("--baseline", default="scratch", help="the plan to compare with (default: scratch)")
+    p.add_argument("--at-n", type=float, nargs="+", default=None, metavar="N",
+                   help="model sizes to report (default: the runs' smallest and largest N and powers of 10 up "
+                        "to 1000x the largest)")
+    p.add_argument("--tokens-per-param", type=float, default=20.0,
+                   help="reference budget D = this x N of the scratch law (default: 20, Chinchilla's ratio)")
+    p.add_argument("--bootstrap", type=int, default=100, metavar="K",
+                   help="bootstrap resamples of each set of runs (default: 100; 0: no intervals)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default: 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
+    _add_init_grid(p)
+    _add_include_early_stopped(p)
+    p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/growth.json")
+    p.set_defaults(func=run_growth)
+
+
+def _grid_options(p, command: str) -> None:
+    p.add_argument("--mode", default="quick", help="grid: quick (about 20 min on a 2-core CPU), dev or full "
+                                                   "(default: quick); the flags below refine it")
+    p.add_argument("--plans", default=SCRATCH_PLAN, help="comma-separated plans, each run for every size and budget: "
+                                                        "scratch and/or growth plans (g_stack, compound, progressive, "
+                                                        "adaptive), e.g. scratch,g_stack (default: scratch)")
+    g = p.add_argument_group("grid (override the mode's)")
+    g.add_argument("--models", default=None, help="model sizes as n_layer x d_model, e.g. 2x64,4x128")
+    g.add_argument("--tokens", default=None, help="token budgets, e.g. 100k,1M (replace the mode's budgets)")
+    g.add_argument("--tokens-per-param", default=None, help="budgets as tokens per non-embedding parameter, e.g. "
+                                                            "5,20 (replace the mode's budgets)")
+    g.add_argument("--seeds", default=None, help="seeds, e.g. 0,1")
+    g.add_argument("--seq-len", type=int, default=None, help="context length of every model")
+    t = p.add_argument_group("training (every run; override the mode's)")
+    for flag, kind, text in (("--batch-size", int, "sequences per step"), ("--lr", float, "peak learning rate"),
+                             ("--warmup-fraction", float, "share of each run's steps spent in linear warmup"),
+                             ("--n-evals", int, "validation points per run (>= 2)"),
+                             ("--eval-windows", int, "fixed validation windows"),
+                             ("--device", str, "auto, cpu, cuda or mps"), ("--dtype", str, "auto, fp32 or bf16")):
+        t.add_argument(flag, type=kind, default=None, help=text)
+    d = p.add_argument_group("data (as in tgrow train)")
+    d.add_argument("--corpus", default=None, help="'stdlib' (default), a text file or directory, a token file or hf:NAME")
+    d.add_argument("--tokenizer", default=None, help="bpe or bytes (default: bytes for quick, bpe for dev and full)")
+    d.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default: 8192)")
+    d.add_argument("--cache-dir", default=None, help="tokenizer and token cache (default: $TGROW_CACHE or "
+                                                     "~/.cache/transformer_grow)")
+    g = p.add_argument_group("growth plans (as in tgrow plan)")
+    for flag, kind, text in (("--budget-mode", str, "flops (default: growth runs spend the scratch run's FLOPs) or tokens"),
+                             ("--growth-factor", int, "g_stack: the small model has n_layer / g layers (default 2)"),
+                             ("--growth-fraction", float, "grow after this fraction of the budget's tokens"),
+                             ("--max-growth-fraction", float, "clamp G_stack's timing to this fraction"),
+                             ("--growth-method", str, "depth operator (default: stack)"),
+                             ("--optimizer-state", str, "carry (default) or fresh AdamW state after growth"),
+                             ("--rewarmup-steps", int, "LR re-warmup steps after growth"),
+                             ("--schedule-policy", str, "continue (default) or restart the LR schedule at growth")):
+        g.add_argument(flag, type=kind, default=None, help=text)
+    if command == "estimate":
+        p.add_argument("--out", default=None, metavar="FILE_OR_DIR",
+                       help="results of `tgrow scaling run --out`: mark finished runs and give the remaining time")
+        p.add_argument("--no-measure", action="store_true", help="list the runs and FLOPs without timing anything")
+        p.add_argument("--measure-steps", type=int, default=3, help="timed training steps per model, at least "
+                                                                    "(default: 3, after one warm-up step)")
+        p.add_argument("--measure-seconds", type=float, default=1.0,
+                       help="time each model for at least this long (default: 1.0; at most 50 steps)")
+        return
+    p.add_argument("--out", required=True, metavar="FILE_OR_DIR",
+                   help="results JSONL (a .jsonl path) or a directory for results.jsonl; finished runs in it are "
+                        "skipped (resume)")
+    p.add_argument("--early-stop", action="store_true",
+                   help="stop a scratch run when its extrapolated learning curve (Tissue et al. 2024 LR-annealing "
+                        "law) cannot beat the best loss of a finished run at equal tokens; recorded as early-stopped")
+    p.add_argument("--early-stop-margin", type=float, default=0.01,
+                   help="stop only if even the optimistic prediction is this many nats worse (default: 0.01)")
+    p.add_argument("--early-stop-level", type=float, default=0.95, help="prediction interval level (default: 0.95)")
+    p.add_argument("--early-stop-min-fraction", type=float, default=0.25,
+                   help="judge a run only after this share of its steps (default: 0.25)")
+    p.add_argument("--max-runs", type=int, default=None, help="stop after training this many runs (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no per-run progress bars on stderr")
+
+
 def _add_grid_commands(sub) -> None:
-    for name, help_text in (
-        ("estimate", "list a grid's runs with their size, tokens and FLOPs (and which are done)"),
-        ("run", "train a grid's missing runs into a results JSONL (needs the trainer)"),
-    ):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--mode", default="quick", choices=GRID_MODES, help="grid size (default: quick)")
-        p.add_argument(
-            "--results",
-            default=None,
-            metavar="FILE",
-            help="results JSONL (estimate: mark finished runs; run: append to it, skipping finished runs)",
-        )
-        p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size for the FLOP estimate")
-        p.set_defaults(func=run_estimate if name == "estimate" else run_grid_command)
+    p = sub.add_parser("estimate", help="a grid's runs and expected time, from throughput measured here",
+                       description="List a grid's runs (size, tokens, FLOPs) and, from a few timed training steps "
+                                   "per model size on this machine, the expected time of every run and in total.")
+    _grid_options(p, "estimate")
+    p.set_defaults(func=run_estimate)
+    p = sub.add_parser("run", help="train a grid's missing runs into a results JSONL (resumable)",
+                       description="Train every run of the grid (model sizes x token budgets x seeds x plans) "
+                                   "missing from the results file, appending one record per run (N, D, C, final "
+                                   "and curve of the validation loss, wall time, config). Run it again to resume.")
+    _grid_options(p, "run")
+    p.set_defaults(func=run_grid_command)
 
 
 def _fit_options(args):
@@ -142,45 +198,42 @@ def _fit_options(args):
     from transformer_grow.scaling.chinchilla import ChinchillaConfig
     from transformer_grow.scaling.powerlaw import PowerLawConfig
 
-    require(
-        len(args.predict_n) == len(args.predict_d),
-        f"--predict-n has {len(args.predict_n)} values and --predict-d {len(args.predict_d)}; give one D per N",
-    )
+    require(len(args.predict_n) == len(args.predict_d), f"--predict-n has {len(args.predict_n)} values and "
+                                                        f"--predict-d {len(args.predict_d)}; give one D per N")
     require(args.huber_delta > 0, f"--huber-delta {args.huber_delta} must be > 0")
-    if args.init_grid == "full":
-        chinchilla = ChinchillaConfig(huber_delta=args.huber_delta)
-    else:
-        chinchilla = ChinchillaConfig.reduced(huber_delta=args.huber_delta)
-    return FitOptions(
-        chinchilla=chinchilla,
-        power_law=PowerLawConfig(huber_delta=args.huber_delta),
-        n_bootstrap=args.bootstrap,
-        level=args.level,
-        seed=args.seed,
-        isoflop_rtol=args.isoflop_rtol,
-        leave_one_out=not args.no_loo,
-        predict_points=tuple(zip(args.predict_n, args.predict_d)),
-        predict_flops=tuple(args.predict_c),
-    )
+    grid = ChinchillaConfig if args.init_grid == "full" else ChinchillaConfig.reduced
+    return FitOptions(chinchilla=grid(huber_delta=args.huber_delta), power_law=PowerLawConfig(huber_delta=args.huber_delta),
+                      n_bootstrap=args.bootstrap, level=args.level, seed=args.seed, isoflop_rtol=args.isoflop_rtol,
+                      leave_one_out=not args.no_loo, predict_points=tuple(zip(args.predict_n, args.predict_d)),
+                      predict_flops=tuple(args.predict_c))
+
+
+def _load_fit_data(args):
+    from transformer_grow.scaling.data import data_from_records, load_scaling_data
+    from transformer_grow.scaling.grid import load_fit_records
+
+    columns = {"n_col": args.n_col, "d_col": args.d_col, "c_col": args.c_col, "loss_col": args.loss_col,
+               "drop_invalid": args.drop_invalid}
+    suffix = Path(args.file).suffix.lower()
+    if args.format == "csv" or (args.format == "auto" and suffix == ".csv"):
+        require(args.plan is None, "--plan selects runs of a results JSONL; a CSV file has no plans")
+        return load_scaling_data(args.file, fmt=args.format, **columns), []
+    require(args.format == "jsonl" or suffix in (".jsonl", ".json"),
+            f"cannot tell the format of {args.file!r} from its extension {suffix!r}; pass --format jsonl or csv")
+    rows, notes = load_fit_records(args.file, args.plan, args.include_early_stopped)
+    return data_from_records(rows, source=args.file, **columns), notes
 
 
 def run_fit(args) -> int:
     from transformer_grow.scaling.analysis import analyse
-    from transformer_grow.scaling.data import load_scaling_data
     from transformer_grow.scaling.report import fit_summary, short_summary, write_report
 
     options = _fit_options(args)
     if args.out is not None:
         require(not Path(args.out).is_file(), f"--out {args.out!r} is a file; give a directory")
-    data = load_scaling_data(
-        args.file,
-        fmt=args.format,
-        n_col=args.n_col,
-        d_col=args.d_col,
-        c_col=args.c_col,
-        loss_col=args.loss_col,
-        drop_invalid=args.drop_invalid,
-    )
+    data, notes = _load_fit_data(args)
+    for note in notes:
+        print(f"note: {note}")
     analysis = analyse(data, options)
     if args.out is not None:
         summary = write_report(analysis, args.out, plots=not args.no_plots)
@@ -192,26 +245,157 @@ def run_fit(args) -> int:
     return 0
 
 
-def run_estimate(args) -> int:
-    from transformer_grow.scaling.grid import GridSpec, finished_run_ids
+def run_growth(args) -> int:
+    from transformer_grow.io import atomic_write_json
+    from transformer_grow.scaling.chinchilla import ChinchillaConfig
+    from transformer_grow.scaling.grid import load_fit_records, read_results
+    from transformer_grow.scaling.growth import (
+        growth_plan_of,
+        growth_speedup_vs_scale,
+        report_sizes,
+        savings_lines,
+    )
 
-    spec = GridSpec.from_mode(args.mode, vocab_size=args.vocab_size)
-    done = finished_run_ids(args.results) if args.results and Path(args.results).exists() else set()
-    total = 0.0
+    require(args.bootstrap >= 0, f"--bootstrap={args.bootstrap} must be >= 0")
+    require(0 < args.level < 1, f"--level={args.level} must lie between 0 and 1")
+    require(args.tokens_per_param > 0, f"--tokens-per-param={args.tokens_per_param} must be > 0")
+    require(args.at_n is None or all(n > 0 for n in args.at_n), f"--at-n {args.at_n} must be positive sizes")
+    require(args.out is None or not Path(args.out).is_file(), f"--out {args.out!r} is a file; give a directory")
+    require(Path(args.file).is_file(), f"input file {args.file!r} does not exist")
+    plan = growth_plan_of(read_results(args.file), args.plan, args.baseline)
+    runs = {}
+    for name in (args.baseline, plan):
+        rows, notes = load_fit_records(args.file, name, args.include_early_stopped)
+        print("".join(f"note ({name}): {note}\n" for note in notes), end="")
+        runs[name] = [record for _, record in rows]
+    config = ChinchillaConfig() if args.init_grid == "full" else ChinchillaConfig.reduced()
+    result = growth_speedup_vs_scale(runs[args.baseline], runs[plan], config=config,
+                                     n_values=args.at_n or report_sizes(runs[args.baseline] + runs[plan]),
+                                     tokens_per_param=args.tokens_per_param, n_bootstrap=args.bootstrap,
+                                     level=args.level, seed=args.seed)
+    print(f"{plan} vs {args.baseline}: {len(runs[plan])} + {len(runs[args.baseline])} runs from {args.file}")
+    print("\n".join(savings_lines(result, plan)))
+    if args.out is not None:
+        summary = {"plan": plan, "baseline": args.baseline, "source": args.file, **result.as_dict()}
+        print(f"wrote {atomic_write_json(Path(args.out) / 'growth.json', summary)}")
+    return 0
+
+
+def _grid_setup(args):
+    """(GridSpec, DataConfig, PlanOptions) from the mode and every flag, validated before any work."""
+    import dataclasses
+
+    from transformer_grow.cli.plan import plan_options_from_args
+    from transformer_grow.data import DataConfig
+    from transformer_grow.data.config import BYTE_VOCAB_SIZE, DEFAULT_VOCAB_SIZE
+    from transformer_grow.scaling.grid import GridSpec, parse_list
+
+    base = GridSpec.from_mode(args.mode)
+    overrides: dict = {}
+    for key, kind in (("models", "sizes"), ("seeds", "integers"), ("plans", "names"), ("tokens", "counts"),
+                      ("tokens_per_param", "numbers")):
+        if getattr(args, key) is not None:
+            overrides[key] = parse_list(getattr(args, key), "--" + key.replace("_", "-"), kind)
+    if {"models", "tokens", "tokens_per_param"} & set(overrides):
+        overrides["name"] = "custom"
+    if "tokens" in overrides or "tokens_per_param" in overrides:  # given budgets replace the mode's
+        overrides = {"tokens": (), "tokens_per_param": (), **overrides}
+    if args.seq_len is not None:
+        overrides["seq_len"] = args.seq_len
+    training = {k: getattr(args, k) for k in ("batch_size", "lr", "warmup_fraction", "n_evals", "eval_windows",
+                                              "device", "dtype") if getattr(args, k) is not None}
+    overrides["training"] = dataclasses.replace(base.training, **training)
+    tokenizer = args.tokenizer or base.tokenizer
+    bpe_vocab = args.vocab_size or (base.vocab_size if base.tokenizer == "bpe" else DEFAULT_VOCAB_SIZE)
+    data = DataConfig(corpus=args.corpus or "stdlib", tokenizer=tokenizer, vocab_size=bpe_vocab,
+                      cache_dir=args.cache_dir)
+    data.validate()
+    overrides["tokenizer"] = tokenizer
+    overrides["vocab_size"] = BYTE_VOCAB_SIZE if tokenizer == "bytes" else bpe_vocab
+    spec = dataclasses.replace(base, **overrides)
+    from transformer_grow.train.plan_builders import PLAN_NAMES
+
+    for plan in spec.plans:
+        require(plan in PLAN_NAMES, f"plan={plan!r} is not allowed; choose from {', '.join(map(repr, PLAN_NAMES))}")
+    return spec, data, plan_options_from_args(args)
+
+
+def _runner(args, spec, data, options, results_path, early_stop=None, progress=False):
+    from transformer_grow.cli.common import check_device
+    from transformer_grow.scaling.runner import GridRunner
+
+    runner = GridRunner(spec, data, results_path, plan_options=options, early_stop=early_stop, progress=progress)
+    for note in runner.check():
+        print(f"note: {note}", file=sys.stderr)
+    if spec.runs():
+        check_device(runner.train_config(spec.runs()[0]))
+    return runner
+
+
+def run_estimate(args) -> int:
+    from transformer_grow.scaling.grid import finished_run_ids, format_seconds, resolve_results_path
+
+    spec, data, options = _grid_setup(args)
+    results = resolve_results_path(args.out) if args.out else None
+    done = finished_run_ids(results) if results is not None and results.exists() else set()
+    runs = spec.runs()
     formula = "tokens x (6 (N + d_model vocab) + 6 n_layer seq_len d_model), Kaplan et al. 2020"
-    print(f"grid {spec.name}: {len(spec.runs())} runs (N ~ 12 n_layer d_model^2; FLOPs ~ {formula})")
-    for run in spec.runs():
-        total += run.flops_estimate
+    print(f"grid {spec.name}: {len(runs)} runs (N ~ 12 n_layer d_model^2; FLOPs ~ {formula})")
+    runner = _runner(args, spec, data, options, results or "unused.jsonl")  # checks every run's settings
+    estimate = None
+    if not args.no_measure:
+        from transformer_grow.scaling.estimate import estimate_grid, measure_throughput, threads_note
+
+        require(args.measure_steps >= 1, f"--measure-steps={args.measure_steps} must be >= 1")
+        require(args.measure_seconds >= 0, f"--measure-seconds={args.measure_seconds} must be >= 0")
+        print(f"throughput measured on this machine ({threads_note()}, batch {spec.training.batch_size} x "
+              f"{spec.seq_len} tokens, vocabulary {spec.vocab_size}):")
+
+        def measure(config, batch_size, training):
+            return measure_throughput(config, batch_size, training, min_steps=args.measure_steps,
+                                      min_seconds=args.measure_seconds, max_steps=max(50, args.measure_steps))
+
+        estimate = estimate_grid(spec, runner, measure=measure, log=print)
+    seconds = {r.run.run_id: r.seconds for r in estimate.runs} if estimate else {}
+    print("runs:")
+    for run in runs:
         status = "done" if run.run_id in done else "todo"
-        print(
-            f"  {status}  {run.run_id:28s} N~{run.n_params_estimate:.3g}  D={run.tokens:.3g}  C~{run.flops_estimate:.3g}"
-        )
-    print(f"total ~{total:.3g} FLOPs; {len(done & {r.run_id for r in spec.runs()})} runs done")
+        time_text = f"  ~{format_seconds(seconds[run.run_id])}" if seconds else ""
+        print(f"  {status}  {run.run_id:34s} N~{run.n_params_estimate:.3g}  D={run.tokens:.3g}  "
+              f"C~{run.flops_estimate:.3g}{time_text}")
+    total_flops = sum(run.flops_estimate for run in runs)
+    n_done = len(done & {r.run_id for r in runs})
+    print(f"total ~{total_flops:.3g} FLOPs; {n_done} runs done")
+    if estimate is not None:
+        todo = {r.run_id for r in runs} - done
+        print(f"expected time: total ~{format_seconds(estimate.total_seconds)} for {len(runs)} runs; remaining "
+              f"~{format_seconds(estimate.seconds_for(todo))} for {len(todo)} runs (excludes data preparation on "
+              "first use)")
     return 0
 
 
 def run_grid_command(args) -> int:
-    raise ConfigError(
-        "tgrow scaling run is not available yet: it needs the trainer, which is wired in later; "
-        "from Python, call transformer_grow.scaling.grid.run_grid(spec, results_path, train_fn)"
-    )
+    from transformer_grow.data import prepare_data
+    from transformer_grow.scaling.grid import SCRATCH, resolve_results_path, run_grid
+    from transformer_grow.scaling.runner import EarlyStopRule
+
+    spec, data_config, options = _grid_setup(args)
+    require(args.max_runs is None or args.max_runs >= 1, f"--max-runs={args.max_runs} must be >= 1")
+    results = resolve_results_path(args.out)
+    early_stop = None
+    if args.early_stop:
+        early_stop = EarlyStopRule(margin=args.early_stop_margin, level=args.early_stop_level,
+                                   min_fraction=args.early_stop_min_fraction)
+        if any(plan != SCRATCH for plan in spec.plans):
+            print("note: early stopping applies to scratch runs only; growth runs always finish", file=sys.stderr)
+    runner = _runner(args, spec, data_config, options, results, early_stop, progress=not args.no_progress)
+    print(f"tgrow scaling run: grid {spec.name}, {len(spec.runs())} runs ({', '.join(spec.plans)}), results {results}")
+    runner.data = prepare_data(data_config, progress=not args.no_progress)
+    records = run_grid(spec, results, runner, settings_key=runner.settings_key, max_runs=args.max_runs)
+    finished = len(records)
+    stopped = sum(1 for r in records if r.get("early_stopped"))
+    print(f"{finished}/{len(spec.runs())} runs in {results}" + (f" ({stopped} early-stopped)" if stopped else ""))
+    if finished == len(spec.runs()):
+        print(f"fit: tgrow scaling fit {results}" + ("" if spec.plans == (SCRATCH,) else
+                                                     f"; growth: tgrow scaling growth {results}"))
+    return 0

@@ -1,0 +1,61 @@
+"""Growth operators: grow a trained Transformer in depth, width, heads, FFN, context and experts.
+
+Every operator returns a :class:`GrowthResult` ``(model, param_map, report)``: a new model (the
+input is untouched), a :class:`ParamMap` saying where every new value came from (it also grows
+optimizer state: :func:`grow_optimizer_state`, :func:`grow_optimizer`), and a :class:`GrowthReport`
+with the declared kind and the *measured* preservation on a probe batch. :func:`grow` derives the
+sequence of operators from a target config (CompoundGrow). Models are reached through adapters
+(:class:`ModelAdapter`; :class:`GPTAdapter` for our GPT).
+"""
+
+from transformer_grow.grow.adapter import GPTAdapter, ModelAdapter, adapter_for
+from transformer_grow.grow.composite import grow, target_config
+from transformer_grow.grow.depth import (
+    NewBlock,
+    insert_random,
+    insert_zero,
+    interleave,
+    layer_map,
+    repeat,
+    stack,
+)
+from transformer_grow.grow.heads_ffn import add_heads, grow_ffn
+from transformer_grow.grow.map import DimMap, ParamMap, ParamSource
+from transformer_grow.grow.moe import add_experts, upcycle
+from transformer_grow.grow.noise import NoiseSpec
+from transformer_grow.grow.optimizer import grow_optimizer, grow_optimizer_state
+from transformer_grow.grow.report import GrowthReport, GrowthResult
+from transformer_grow.grow.sequence import grow_seq
+from transformer_grow.grow.width import clone, net2net, random_pad, zero_pad
+
+__all__ = [
+    "DimMap",
+    "GPTAdapter",
+    "GrowthReport",
+    "GrowthResult",
+    "ModelAdapter",
+    "NewBlock",
+    "NoiseSpec",
+    "ParamMap",
+    "ParamSource",
+    "adapter_for",
+    "add_experts",
+    "add_heads",
+    "clone",
+    "grow",
+    "grow_ffn",
+    "grow_optimizer",
+    "grow_optimizer_state",
+    "grow_seq",
+    "insert_random",
+    "insert_zero",
+    "interleave",
+    "layer_map",
+    "net2net",
+    "random_pad",
+    "repeat",
+    "stack",
+    "target_config",
+    "upcycle",
+    "zero_pad",
+]

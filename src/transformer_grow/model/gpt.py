@@ -8,14 +8,22 @@ parameter maps and optimizer state can be keyed by name across growth.
 from __future__ import annotations
 
 import math
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from transformer_grow.model.config import ModelConfig
-from transformer_grow.model.layers import MLP, CausalSelfAttention, RotaryEmbedding, build_norm
+from transformer_grow.model.layers import (
+    MLP,
+    CausalSelfAttention,
+    LinearCrossEntropy,
+    RotaryEmbedding,
+    build_norm,
+    fused_head_loss_applies,
+)
 
 
 class ModelOutput(NamedTuple):
@@ -118,10 +126,15 @@ class GPT(nn.Module):
             x = block(x, self.rope)
             if self.config.n_expert:
                 aux = aux + block.mlp.aux_loss
-        logits = F.linear(self.norm_f(x), self.output_weight())
+        hidden, weight = self.norm_f(x), self.output_weight()
         loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        if targets is not None and fused_head_loss_applies(hidden, weight):  # fp32 CPU training: fused
+            logits, loss = LinearCrossEntropy.apply(hidden.reshape(B * T, -1), weight, targets.reshape(-1), -1)
+            logits = logits.view(B, T, -1)
+        else:
+            logits = F.linear(hidden, weight)
+            if targets is not None:
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return ModelOutput(logits, loss, aux)
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from transformer_grow.model.config import ModelConfig
 
@@ -19,6 +20,36 @@ def build_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
     if config.norm == "layernorm":
         return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
     return nn.RMSNorm(dim, eps=config.norm_eps)
+
+
+def project_together(x: torch.Tensor, *projections: nn.Module) -> tuple[torch.Tensor, ...]:
+    """``tuple(p(x) for p in projections)``, computed as one matmul with the weights concatenated.
+
+    One wide matmul runs closer to the CPU's peak than several narrow ones (and its backward is
+    one matmul per gradient too); the results are the same up to float rounding. Each projection
+    stays its own ``nn.Linear`` with its own parameters. Falls back to calling the modules when any
+    is not a plain ``nn.Linear`` or has hooks (which the fused matmul would bypass).
+    """
+    has_bias = {p.bias is not None for p in projections if isinstance(p, nn.Linear)}
+    if not all(_is_plain_linear(p) for p in projections) or len(has_bias) != 1 or _global_module_hooks():
+        return tuple(p(x) for p in projections)
+    weight = torch.cat([p.weight for p in projections])
+    bias = torch.cat([p.bias for p in projections]) if has_bias.pop() else None
+    return F.linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)
+
+
+def _is_plain_linear(module: nn.Module) -> bool:
+    return type(module) is nn.Linear and not (
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
+
+
+def _global_module_hooks() -> bool:
+    """Whether hooks registered for all modules (``nn.modules.module.register_module_forward_hook``
+    and friends) are active; they must see every projection called."""
+    m = nn.modules.module
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks)
 
 
 class RotaryEmbedding(nn.Module):
@@ -69,9 +100,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k, v = project_together(x, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = rope(q), rope(k)
         if self.n_kv_head != self.n_head:  # grouped-query attention: each kv head serves a group of q heads
@@ -97,7 +129,90 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
-            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+            gate, up = project_together(x, self.gate_proj, self.up_proj)
+            h = F.silu(gate) * up
         else:
             h = F.gelu(self.up_proj(x), approximate="tanh")
         return self.down_proj(h)
+
+
+# ------------------------------------------------------------------------ fused output head + loss
+def fused_head_loss_applies(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :class:`LinearCrossEntropy` should compute the output head and loss: fp32 training
+    on the CPU, outside autocast and ``torch.compile`` (which fuse the plain ops themselves)."""
+    return (
+        torch.is_grad_enabled()
+        and (hidden.requires_grad or weight.requires_grad)
+        and hidden.device.type == "cpu"
+        and hidden.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """``logits = hidden @ weight.T`` and their mean cross-entropy against ``targets`` in one step.
+
+    Same values and gradients as ``F.linear`` then ``F.cross_entropy(..., ignore_index=...)`` up to
+    float rounding, but with one vocabulary-sized buffer (the returned logits) instead of four, and
+    fewer passes over it. The gradient of the mean cross-entropy w.r.t. the logits is
+    ``(softmax(z) - onehot(t)) / n`` per counted row (the standard softmax-cross-entropy derivative,
+    e.g. Goodfellow et al. 2016, *Deep Learning*, sec. 6.2.2.3). It is formed in the forward for a
+    block of rows at a time (a buffer small enough for the cache and for ``malloc`` to reuse) and
+    multiplied at once into the gradients of ``hidden`` and ``weight``; the backward then only scales
+    those by the loss's incoming gradient. A gradient arriving for the logits themselves (another
+    loss on them) is added in the backward, so the returned logits stay fully differentiable.
+
+    Why it pays on the CPU: glibc ``malloc`` gives every buffer over 32 MB fresh ``mmap``-ed pages,
+    and touching those costs more than the arithmetic done on them. Each row's numbers are formed as
+    ``F.cross_entropy`` forms them (``log_softmax``, then ``exp(logp) * (1/n)``), independently of
+    the other rows, so splitting a batch (data parallel, accumulation) rounds as it does there.
+    """
+
+    BLOCK_ELEMENTS = 1 << 22  # rows per block: 16 MB of fp32 logits-gradient
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int):
+        """``hidden`` [N, d], ``weight`` [vocab, d], ``targets`` [N] -> (logits [N, vocab], loss [])."""
+        n_rows, vocab = hidden.shape[0], weight.shape[0]
+        logits = torch.mm(hidden, weight.t())
+        counted = targets != ignore_index
+        safe_targets = torch.where(counted, targets, 0)[:, None]
+        n_counted = counted.sum()
+        # Per-row gradient weight 1/n (0 for ignored rows; all zero when nothing counts, as F.cross_entropy).
+        row_weight = (counted.to(logits.dtype) / n_counted.clamp_min(1))[:, None]
+        target_logp = logits.new_empty(n_rows, 1)
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        rows = max(1, LinearCrossEntropy.BLOCK_ELEMENTS // vocab)
+        for r0 in range(0, n_rows, rows):
+            block = slice(r0, min(r0 + rows, n_rows))
+            grad_logits = torch.log_softmax(logits[block], dim=-1)
+            torch.gather(grad_logits, 1, safe_targets[block], out=target_logp[block])
+            grad_logits.exp_().mul_(row_weight[block])  # softmax / n
+            grad_logits.scatter_add_(1, safe_targets[block], -row_weight[block])  # minus onehot / n
+            if need_hidden:
+                torch.mm(grad_logits, weight, out=grad_hidden[block])
+            if need_weight:
+                grad_weight.addmm_(grad_logits.t(), hidden[block])
+        loss = -(target_logp.squeeze(1) * counted).sum() / n_counted  # NaN when nothing counts, as F.cross_entropy
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(hidden, weight, grad_hidden, grad_weight)
+        return logits, loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None):
+        hidden, weight, grad_hidden, grad_weight = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        out_hidden = grad_hidden * grad_loss if need_hidden and grad_loss is not None else None
+        out_weight = grad_weight * grad_loss if need_weight and grad_loss is not None else None
+        if grad_logits is not None:
+            if need_hidden:
+                extra = grad_logits @ weight
+                out_hidden = extra if out_hidden is None else out_hidden.add_(extra)
+            if need_weight:
+                extra = grad_logits.t() @ hidden
+                out_weight = extra if out_weight is None else out_weight.add_(extra)
+        return out_hidden, out_weight, None, None

@@ -1,10 +1,16 @@
 """Scaling grids: which runs to train, and a resumable loop that trains them into a results JSONL.
 
 A :class:`GridSpec` crosses model sizes with token budgets (absolute, or tokens per parameter as in
-Chinchilla-style grids) and seeds. :func:`run_grid` calls an injected ``train_fn(run_spec) -> dict``
-for every run not yet in the results file and appends its record: each append rewrites the file
-atomically (:func:`transformer_grow.io.atomic_write_text`), so the file always holds whole lines, and
-an interrupted grid resumes where it stopped (runs are matched by ``run_id``).
+Chinchilla-style grids), seeds and growth plans (``"scratch"`` is training from scratch), and holds
+the training settings every run shares (:class:`GridTraining`). :func:`run_grid` calls an injected
+``train_fn(run_spec) -> dict`` for every run not yet in the results file and appends its record:
+each append rewrites the file atomically (:func:`transformer_grow.io.atomic_write_text`), so the file
+always holds whole lines, and an interrupted grid resumes where it stopped (runs are matched by
+``run_id``; a finished run recorded with other settings is refused, not silently reused). A run
+interrupted midway is not checkpointed: it starts over on resume.
+
+The real ``train_fn`` (our trainer and the growth manager) is in :mod:`transformer_grow.scaling.runner`;
+this module imports no torch.
 
 Estimates (planning only; the trainer reports exact counts): non-embedding parameters
 ``N ~ 12 n_layer d_model^2`` and FLOPs per token ``6 (N + d_model vocab) + 6 n_layer seq_len d_model``
@@ -14,6 +20,7 @@ Estimates (planning only; the trainer reports exact counts): non-embedding param
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +32,43 @@ from transformer_grow.scaling.data import read_jsonl_records
 
 REQUIRED_RESULT_KEYS = ("n_params_nonembedding", "n_params", "tokens", "flops", "final_val_loss")
 MODES = ("quick", "dev", "full")
+SCRATCH = "scratch"
+RESULTS_FILENAME = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class GridTraining:
+    """Training settings shared by every run of a grid (the budget comes from each run).
+
+    Every run uses a cosine schedule over its own length (Hoffmann et al. 2022 match the cosine
+    cycle to the run's tokens), with ``warmup_fraction`` of its steps as linear warmup, and is
+    evaluated ``n_evals`` times (evenly spaced, the last at the end) on ``eval_windows`` fixed
+    validation windows.
+    """
+
+    batch_size: int = 16  # sequences of seq_len tokens per optimizer step
+    lr: float = 3e-3
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    n_evals: int = 10
+    eval_windows: int = 32
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, least in (("batch_size", 1), ("n_evals", 2), ("eval_windows", 1)):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= least,
+                    f"{name}={value!r} is not allowed; it must be an integer >= {least}")
+        require(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr={self.lr!r} must be a number > 0")
+        require(isinstance(self.warmup_fraction, (int, float)) and 0 <= self.warmup_fraction < 1,
+                f"warmup_fraction={self.warmup_fraction!r} must lie in [0, 1)")
+        require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio={self.min_lr_ratio!r} must lie in [0, 1]")
+        require(self.weight_decay >= 0, f"weight_decay={self.weight_decay!r} must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
@@ -37,6 +81,7 @@ class RunSpec:
     seed: int
     n_params_estimate: float  # non-embedding, 12 n_layer d_model^2
     flops_estimate: float
+    plan: str = SCRATCH
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +89,7 @@ class RunSpec:
             "model": dict(self.model),
             "tokens": self.tokens,
             "seed": self.seed,
+            "plan": self.plan,
             "n_params_estimate": self.n_params_estimate,
             "flops_estimate": self.flops_estimate,
         }
@@ -67,7 +113,11 @@ def _model_dict(model: Any, seq_len: int, vocab_size: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class GridSpec:
-    """Model sizes x token budgets x seeds. Give ``tokens`` (absolute) or ``tokens_per_param`` (or both)."""
+    """Model sizes x token budgets x seeds x plans. Give ``tokens`` (absolute) or ``tokens_per_param`` (or both).
+
+    ``tokenizer`` and ``vocab_size`` are the grid's default data settings (the CLI's data flags
+    override them); ``vocab_size`` also enters the FLOP estimates.
+    """
 
     name: str
     models: tuple[Any, ...]  # (n_layer, d_model) pairs or ModelConfig-style dicts
@@ -76,46 +126,57 @@ class GridSpec:
     seeds: tuple[int, ...] = (0,)
     seq_len: int = 256
     vocab_size: int = 8192
+    tokenizer: str = "bpe"
+    plans: tuple[str, ...] = (SCRATCH,)
+    training: GridTraining = GridTraining()
     model_dicts: tuple[dict[str, int], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         require(len(self.models) >= 1, f"grid {self.name!r} has no model sizes")
         require(self.tokens_per_param or self.tokens, f"grid {self.name!r} needs tokens or tokens_per_param")
         for ratio in self.tokens_per_param:
-            require(ratio > 0, f"tokens_per_param={ratio} must be > 0")
+            require(isinstance(ratio, (int, float)) and ratio > 0, f"tokens_per_param={ratio!r} must be > 0")
         for budget in self.tokens:
             require(isinstance(budget, int) and budget > 0, f"tokens={budget!r} must be a positive integer")
         require(len(self.seeds) >= 1, f"grid {self.name!r} needs at least one seed")
+        for seed in self.seeds:
+            require(isinstance(seed, int) and seed >= 0, f"seed={seed!r} must be an integer >= 0")
         require(self.seq_len > 0 and self.vocab_size > 0, "seq_len and vocab_size must be positive")
+        require(len(self.plans) >= 1, f"grid {self.name!r} needs at least one plan (e.g. 'scratch')")
+        require(len(set(self.plans)) == len(self.plans), f"plans {list(self.plans)} list a plan twice")
+        require(isinstance(self.training, GridTraining), "training must be a GridTraining")
         dicts = tuple(_model_dict(m, self.seq_len, self.vocab_size) for m in self.models)
         object.__setattr__(self, "model_dicts", dicts)
 
     @classmethod
     def quick(cls, **overrides) -> GridSpec:
-        """6 runs of tiny models (about 0.1M to 0.6M non-embedding parameters): a smoke test of the loop."""
-        return cls(
-            **{
-                "name": "quick",
-                "models": ((2, 64), (2, 96), (3, 128)),
-                "tokens_per_param": (5.0, 20.0),
-                **overrides,
-            }
-        )
+        """12 runs: 4 tiny models (about 25k to 200k non-embedding parameters) x 5, 10 and 20 tokens per parameter.
+
+        Sized from throughput measured on this project's shared 2-core CPU (``tgrow scaling estimate
+        --mode quick``: about 10 to 16 minutes with one torch thread under the usual load, plus a few
+        seconds of data preparation). It reads bytes (vocabulary 256): with an 8192-token BPE the
+        output head of these models would cost several times the rest of the model.
+        """
+        settings = {"name": "quick", "models": ((2, 32), (2, 48), (2, 64), (4, 64)),
+                    "tokens_per_param": (5.0, 10.0, 20.0), "seq_len": 128, "vocab_size": 256, "tokenizer": "bytes",
+                    "training": GridTraining(batch_size=16, lr=3e-3, n_evals=10, eval_windows=32)}
+        return cls(**{**settings, **overrides})
 
     @classmethod
     def dev(cls, **overrides) -> GridSpec:
-        """16 runs: 4 sizes x 4 token ratios, enough points for the five-parameter Chinchilla fit."""
-        models = ((2, 64), (3, 128), (4, 192), (6, 256))
-        return cls(
-            **{"name": "dev", "models": models, "tokens_per_param": (5.0, 10.0, 20.0, 40.0), **overrides}
-        )
+        """16 runs: 4 sizes x 4 token ratios, enough points for the five-parameter Chinchilla fit (hours on a CPU)."""
+        models = ((2, 64), (4, 128), (4, 192), (6, 256))
+        settings = {"name": "dev", "models": models, "tokens_per_param": (5.0, 10.0, 20.0, 40.0),
+                    "training": GridTraining(batch_size=16, lr=2e-3, n_evals=12, eval_windows=64)}
+        return cls(**{**settings, **overrides})
 
     @classmethod
     def full(cls, **overrides) -> GridSpec:
-        """36 runs: 6 sizes x 6 token ratios (2.5 to 80 tokens per parameter)."""
-        models = ((2, 64), (3, 128), (4, 192), (6, 256), (8, 384), (12, 512))
-        ratios = (2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
-        return cls(**{"name": "full", "models": models, "tokens_per_param": ratios, **overrides})
+        """36 runs: 6 sizes x 6 token ratios (2.5 to 80 tokens per parameter); a GPU grid."""
+        models = ((2, 64), (4, 128), (4, 192), (6, 256), (8, 384), (12, 512))
+        settings = {"name": "full", "models": models, "tokens_per_param": (2.5, 5.0, 10.0, 20.0, 40.0, 80.0),
+                    "training": GridTraining(batch_size=32, lr=1e-3, n_evals=16, eval_windows=128)}
+        return cls(**{**settings, **overrides})
 
     @classmethod
     def from_mode(cls, mode: str, **overrides) -> GridSpec:
@@ -123,7 +184,7 @@ class GridSpec:
         return getattr(cls, mode)(**overrides)
 
     def runs(self) -> list[RunSpec]:
-        """Every run, in a fixed order (smallest model first), with a stable ``run_id``."""
+        """Every run, in a fixed order (smallest model first; plans of one size and budget adjacent)."""
         runs = []
         for model in self.model_dicts:
             n_layer, d_model = model["n_layer"], model["d_model"]
@@ -134,9 +195,50 @@ class GridSpec:
             budgets = sorted({round(r * n_est) for r in self.tokens_per_param} | set(self.tokens))
             for tokens in budgets:
                 for seed in self.seeds:
-                    run_id = f"L{n_layer}-d{d_model}-T{tokens}-s{seed}"
-                    runs.append(RunSpec(run_id, dict(model), tokens, seed, n_est, flops_per_token * tokens))
+                    for plan in self.plans:
+                        run_id = f"{plan}-L{n_layer}-d{d_model}-T{tokens}-s{seed}"
+                        runs.append(RunSpec(run_id, dict(model), tokens, seed, n_est, flops_per_token * tokens, plan))
         return runs
+
+
+def _count(text: str) -> int:
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}.get(text[-1].lower(), 1)
+    value = float(text[:-1] if scale > 1 else text) * scale
+    if value != int(value):
+        raise ValueError(text)
+    return int(value)
+
+
+def _size(text: str) -> tuple[int, int]:
+    n_layer, d_model = text.lower().split("x")
+    return int(n_layer), int(d_model)
+
+
+LIST_KINDS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "counts": (_count, "1000, 250k, 1.5M"), "sizes": (_size, "2x64 (n_layer x d_model)"),
+    "integers": (int, "0, 1"), "numbers": (float, "5, 20"), "names": (str, "scratch, g_stack"),
+}
+
+
+def parse_list(text: str, flag: str, kind: str) -> tuple:
+    """A comma-separated flag value as a tuple of ``kind`` (``counts``, ``sizes``, ``integers``, ``numbers``, ``names``)."""
+    parse, example = LIST_KINDS[kind]
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    require(items, f"{flag} {text!r} lists nothing")
+    try:
+        return tuple(parse(item) for item in items)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of {kind} (such as {example})") from None
+
+
+def resolve_results_path(out: str | Path) -> Path:
+    """``--out``: a ``.jsonl``/``.json`` path is the results file; anything else a directory holding ``results.jsonl``."""
+    path = Path(out)
+    if path.suffix.lower() in (".jsonl", ".json") and not path.is_dir():
+        return path
+    require(not path.is_file(), f"--out {str(out)!r} is a file without a .jsonl extension; give a .jsonl file "
+                                "or a directory")
+    return path / RESULTS_FILENAME
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
@@ -158,30 +260,122 @@ def append_result(path: str | Path, record: dict[str, Any]) -> None:
     atomic_write_text(path, text + json.dumps(record, sort_keys=True) + "\n")
 
 
+def check_settings(records: list[dict[str, Any]], runs: list[RunSpec], settings_key: Callable[[RunSpec], str],
+                   source: str) -> None:
+    """Refuse finished runs of this grid that were trained with other settings (another ``settings_key``)."""
+    keys = {run.run_id: settings_key(run) for run in runs}
+    for record in records:
+        if record.get("run_id") in keys and record.get("settings_key") != keys[record["run_id"]]:
+            raise ConfigError(
+                f"{source} already holds run {record['run_id']!r} trained with other settings (data, training or "
+                "plan options differ); resume with the same settings, or write to another --out")
+
+
+def format_seconds(value: float) -> str:
+    """``42s``, ``12.5min`` or ``3.2h``."""
+    if value < 90:
+        return f"{value:.0f}s"
+    return f"{value / 60:.1f}min" if value < 5400 else f"{value / 3600:.1f}h"
+
+
 def run_grid(
     spec: GridSpec,
     results_path: str | Path,
     train_fn: Callable[[RunSpec], dict[str, Any]],
     *,
     log: Callable[[str], None] | None = print,
+    settings_key: Callable[[RunSpec], str] | None = None,
+    max_runs: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every run of ``spec`` missing from ``results_path``; returns all of the grid's records."""
-    done = finished_run_ids(results_path)
-    for run in spec.runs():
+    """Train every run of ``spec`` missing from ``results_path``; returns all of the grid's records.
+
+    With ``settings_key(run)``, every record gets its run's key and finished runs with another key are refused
+    (before anything trains). ``max_runs`` stops after training that many runs (resume later).
+    Progress lines give the run's index, elapsed time and an ETA (remaining estimated FLOPs at the
+    pace of the runs trained so far in this call).
+    """
+    require(max_runs is None or max_runs >= 1, f"max_runs={max_runs!r} must be >= 1")
+    runs = spec.runs()
+    existing = read_results(results_path)
+    if settings_key is not None:
+        check_settings(existing, runs, settings_key, str(results_path))
+    done = {r["run_id"] for r in existing if isinstance(r.get("run_id"), str)}
+    todo_flops = sum(run.flops_estimate for run in runs if run.run_id not in done)
+    started, trained_flops, trained = time.perf_counter(), 0.0, 0
+    for index, run in enumerate(runs, start=1):
+        where = f"[{index}/{len(runs)}]"
         if run.run_id in done:
             if log:
-                log(f"skip {run.run_id}: already in {results_path}")
+                log(f"{where} skip {run.run_id}: already in {results_path}")
             continue
+        if max_runs is not None and trained >= max_runs:
+            if log:
+                log(f"stopping after {trained} run(s) (max_runs); run again to continue")
+            break
         if log:
-            log(f"train {run.run_id} (N~{run.n_params_estimate:.3g}, D={run.tokens:.3g})")
+            elapsed = time.perf_counter() - started
+            eta = "n/a until a run finishes"
+            if trained_flops > 0:
+                eta = "~" + format_seconds(elapsed / trained_flops * (todo_flops - trained_flops))
+            log(f"{where} train {run.run_id} (N~{run.n_params_estimate:.3g}, D={run.tokens:.3g}, "
+                f"C~{run.flops_estimate:.3g}) | elapsed {format_seconds(elapsed)} | ETA {eta}")
         record = train_fn(run)
         if not isinstance(record, dict):
             raise TypeError(f"train_fn returned {type(record).__name__} for {run.run_id}; expected a dict")
         missing = [key for key in REQUIRED_RESULT_KEYS if key not in record]
         if missing:
             raise ConfigError(f"the result of {run.run_id} lacks {', '.join(missing)}")
-        record = {**record, "run_id": run.run_id, "grid": spec.name, "seed": run.seed}
+        record = {**record, "run_id": run.run_id, "grid": spec.name, "seed": run.seed, "plan": run.plan}
+        if settings_key is not None:
+            record["settings_key"] = settings_key(run)
         append_result(results_path, record)
         done.add(run.run_id)
-    ids = {run.run_id for run in spec.runs()}
+        trained += 1
+        trained_flops += run.flops_estimate
+    ids = {run.run_id for run in runs}
     return [r for r in read_results(results_path) if r.get("run_id") in ids]
+
+
+def select_records(
+    records: list[dict[str, Any]], plan: str | None = None, include_early_stopped: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records to fit, and notes saying what was left out or changed.
+
+    ``plan``: keep only runs of that plan; ``None`` keeps every run when the records hold one plan
+    (or none), and the ``scratch`` runs when they hold several. Early-stopped runs (see
+    :mod:`transformer_grow.scaling.runner`) are left out; with ``include_early_stopped`` they enter
+    at their planned tokens and FLOPs with their *predicted* final loss (an extrapolation).
+    """
+    notes: list[str] = []
+    plans = sorted({r["plan"] for r in records if isinstance(r.get("plan"), str)})
+    if plan is None and len(plans) > 1:
+        plan = SCRATCH if SCRATCH in plans else plans[0]
+        notes.append(f"the file holds runs of plans {', '.join(plans)}; fitting the {plan!r} runs "
+                     "(choose with --plan)")
+    if plan is not None:
+        require(plan in plans, f"plan={plan!r}: no runs of that plan in the file; plans present: "
+                               f"{', '.join(plans) if plans else '(none recorded)'}")
+        records = [r for r in records if r.get("plan") == plan]
+    stopped = [r for r in records if r.get("early_stopped")]
+    if stopped and include_early_stopped:
+        substituted = {"tokens": "planned_tokens", "flops": "planned_flops", "final_val_loss": "predicted_final_loss"}
+        records = [{**r, **{k: r.get(v) for k, v in substituted.items()}} if r.get("early_stopped") else r
+                   for r in records]
+        notes.append(f"{len(stopped)} early-stopped run(s) enter with their predicted final loss at the planned "
+                     "tokens (extrapolated, not measured)")
+    elif stopped:
+        records = [r for r in records if not r.get("early_stopped")]
+        notes.append(f"left out {len(stopped)} early-stopped run(s) ({', '.join(str(r.get('run_id')) for r in stopped)});"
+                     " --include-early-stopped uses their predicted final loss")
+    return records, notes
+
+
+def load_fit_records(
+    path: str | Path, plan: str | None = None, include_early_stopped: bool = False
+) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """``(label, record)`` rows of a results JSONL chosen by :func:`select_records`, and its notes."""
+    require(Path(path).is_file(), f"input file {str(path)!r} does not exist")
+    pairs = read_jsonl_records(path)
+    lines = {id(record): f"line {number}" for number, record in pairs}
+    selected, notes = select_records([record for _, record in pairs], plan, include_early_stopped)
+    return [(lines.get(id(record), "run"), record) for record in selected], notes

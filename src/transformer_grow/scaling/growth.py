@@ -15,12 +15,13 @@ both sets of runs independently. Sizes beyond the fitted runs are extrapolations
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from transformer_grow.errors import require
+from transformer_grow.errors import ConfigError, require
 from transformer_grow.scaling.bootstrap import resample_counts
 from transformer_grow.scaling.chinchilla import (
     ChinchillaConfig,
@@ -144,3 +145,55 @@ def growth_speedup_vs_scale(
         tokens_per_param,
         level,
     )
+
+
+def _saving(speedup: float) -> float:
+    """Share of the scratch FLOPs growth saves: ``1 - 1/speedup`` (negative: growth costs more)."""
+    return 1.0 - 1.0 / speedup if speedup > 0 else -np.inf
+
+
+def savings_lines(result: GrowthSpeedup, plan: str = "growth") -> list[str]:
+    """One line per size: "at N = ..., <plan> saves X% of FLOPs (CI ...)", extrapolations marked."""
+    level = f"{result.level:.0%}"
+    lines = [
+        (
+            f"reference: the scratch law's loss at D = {result.tokens_per_param:g} N; saving = 1 - growth FLOPs / "
+            "scratch FLOPs to reach it (fits in effective tokens C / 6N)"
+        )
+    ]
+    for n, target, speedup, lo, hi, extrapolated in zip(
+        result.n_params, result.target_loss, result.speedup, result.ci_low, result.ci_high, result.extrapolated
+    ):
+        where = f"at N = {n:.3g} (target loss {target:.4g})"
+        if not np.isfinite(speedup) or speedup <= 0:
+            reason = "never reaches it (its fitted floor is higher)" if speedup == 0 else "not defined"
+            lines.append(f"{where}: {plan} {reason}" + (" [extrapolated]" if extrapolated else ""))
+            continue
+        ci = "no interval (bootstrap off or no resample reached the target)"
+        if np.isfinite(lo) and np.isfinite(hi):
+            ci = f"{level} CI {_saving(lo):.0%} to {_saving(hi):.0%}"
+        lines.append(f"{where}: {plan} saves {_saving(speedup):.0%} of FLOPs ({ci}), speedup {speedup:.2f}x"
+                     + (" [extrapolated]" if extrapolated else ""))
+    return lines
+
+
+def growth_plan_of(records: list[dict], plan: str | None, baseline: str = "scratch") -> str:
+    """The growth plan to compare with ``baseline``: ``plan``, or the only other plan the records hold."""
+    plans = sorted({r["plan"] for r in records if isinstance(r.get("plan"), str)})
+    if plan is None:
+        others = [p for p in plans if p != baseline]
+        if len(others) != 1:
+            raise ConfigError(f"the results hold plans {plans or '(none recorded)'}; name the growth plan with --plan")
+        plan = others[0]
+    require(plan != baseline, f"plan={plan!r} is the baseline; name a growth plan")
+    for name in (baseline, plan):
+        require(name in plans, f"plan={name!r}: no runs of that plan in the results (plans present: {plans})")
+    return plan
+
+
+def report_sizes(records: list[dict]) -> list[float]:
+    """Sizes to report: the runs' smallest and largest N and each power of 10 above, up to 1000x the largest."""
+    sizes = [float(r["n_params_nonembedding"]) for r in records]
+    lo, hi = min(sizes), max(sizes)
+    decades = [10.0**k for k in range(math.floor(math.log10(hi)) + 1, math.floor(math.log10(1000 * hi)) + 1)]
+    return sorted({lo, hi, *decades})

@@ -1,0 +1,261 @@
+"""`tgrow grow`: grow a saved checkpoint to a larger config and write a checkpoint that trains on.
+
+    tgrow grow runs/tiny --to small --method stack+clone --out runs/tiny-grown
+    tgrow grow runs/tiny --to bigger.yaml --depth insert_zero --ffn split --noise cancel --out runs/g
+    tgrow train --resume runs/tiny-grown --max-steps 2000
+
+``--to`` is a preset name (its sizes; every other setting from the checkpoint) or a YAML/JSON file
+whose model settings (a ``model`` section or flat keys, optionally a ``preset``) override the
+checkpoint's config. The preservation report is printed and written to ``OUT/growth_report.json``;
+the grown checkpoint goes to ``OUT/checkpoint`` with its optimizer state grown through the
+parameter map (``--optimizer fresh`` drops it) and the train state carried (step, tokens, FLOPs,
+schedule, data), so ``tgrow train --resume OUT`` continues the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+from transformer_grow.cli.common import load_config_file
+from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.grow import grow, grow_optimizer_state, target_config
+from transformer_grow.grow.composite import CHOICES, plan
+from transformer_grow.io import atomic_write_json
+from transformer_grow.model import PRESETS, ModelConfig
+from transformer_grow.train.checkpoint import (
+    CHECKPOINT_DIRNAME,
+    Checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_checkpoint_dir,
+    save_checkpoint,
+)
+
+REPORT_FILE = "growth_report.json"
+PROBE_WINDOWS = 8
+PROBE_MAX_LEN = 64
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "grow",
+        help="grow a checkpoint to a larger model (depth, width, heads, FFN, context, experts)",
+        description="Grow the model of CHECKPOINT_DIR to the config given by --to with function-preserving "
+        "(or measured) growth operators; print the preservation report and write a grown, "
+        "resumable checkpoint to --out.",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint or run directory")
+    parser.add_argument(
+        "--to",
+        required=True,
+        metavar="PRESET_OR_FILE",
+        help=f"target: a preset ({', '.join(PRESETS)}) or a YAML/JSON file of model settings "
+        "(missing settings keep the checkpoint's values)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help=f"run directory for the grown checkpoint ({CHECKPOINT_DIRNAME}/) and {REPORT_FILE}",
+    )
+    parser.add_argument(
+        "--method",
+        default=None,
+        help="shorthand for the depth and/or width method, e.g. stack, clone or stack+clone",
+    )
+    for dim in ("depth", "width", "heads", "ffn", "seq", "experts"):
+        parser.add_argument(f"--{dim}", default=None, help=f"{dim} method: {', '.join(CHOICES[dim])}")
+    group = parser.add_argument_group("operator options")
+    group.add_argument(
+        "--noise",
+        default="none",
+        help="symmetry breaking on cloned/split units: none, cancel "
+        "(exact, +e/-e across copies) or plain (approximate)",
+    )
+    group.add_argument("--noise-std", type=float, default=1e-3, help="std of the symmetry-breaking noise")
+    group.add_argument("--seed", type=int, default=0, help="seed of fresh initialisation, noise and choices")
+    group.add_argument(
+        "--layer-sources",
+        default=None,
+        metavar="I,J,...",
+        help="depth=layer_map: old block index of every new block, e.g. 0,1,2,3,2,3",
+    )
+    group.add_argument(
+        "--insert-positions",
+        default=None,
+        metavar="I,J,...",
+        help="depth=insert_zero/insert_random: insert a block after these old blocks (-1: first)",
+    )
+    group.add_argument("--block-init", default=None, help="depth=insert_zero: copy (LLaMA-Pro) or random")
+    group.add_argument("--router-init", default=None, help="experts: new router rows random or zero")
+    group.add_argument("--expert-init", default=None, help="experts=add: new experts copy or random")
+    group.add_argument(
+        "--no-rescale-eps",
+        dest="rescale_eps",
+        action="store_false",
+        default=None,
+        help="width=zero_pad: keep norm_eps (RMSNorm then only approximately preserved)",
+    )
+    state = parser.add_argument_group("training state")
+    state.add_argument(
+        "--optimizer",
+        default="carry",
+        help="carry (grow the AdamW moments through the parameter map) or fresh (drop them)",
+    )
+    state.add_argument(
+        "--rewarmup-steps",
+        type=int,
+        default=0,
+        help="re-warm the learning rate linearly over this many steps after growth (0: none)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _index_list(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be comma-separated integers, e.g. 0,1,2,3") from None
+
+
+def resolve_target(to: str, source: ModelConfig) -> ModelConfig:
+    """``--to``: a preset name, or a config file whose model settings override the checkpoint's."""
+    if to in PRESETS:
+        return target_config(source, to)
+    require(
+        Path(to).suffix.lower() in (".json", ".yaml", ".yml") or Path(to).is_file(),
+        f"--to {to!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML/JSON file",
+    )
+    file = load_config_file(to)
+    base = target_config(source, file["preset"]) if file["preset"] else source
+    return base.replace(**file["model"])
+
+
+def probe_batch(ckpt: Checkpoint) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
+    """Validation windows of the checkpoint's data, or ``None`` (seeded random) when it has none."""
+    data_config = ckpt.train_state.get("data_config")
+    if not data_config:
+        return None, "seeded random tokens (the checkpoint has no data config)"
+    from transformer_grow.data import DataConfig, prepare_data
+
+    try:
+        data = prepare_data(DataConfig(**data_config), progress=False)
+        seq = min(PROBE_MAX_LEN, ckpt.model_config.seq_len)
+        windows = data.val_windows(seq_len=seq, n_windows=PROBE_WINDOWS)
+    except (ConfigError, OSError) as e:
+        return None, f"seeded random tokens (the checkpoint's data could not be read: {e})"
+    return (windows[:, :-1], windows[:, 1:]), f"{PROBE_WINDOWS} validation windows of the checkpoint's data"
+
+
+def grown_train_state(state: dict, result, rewarmup_steps: int) -> dict:
+    """The train state carried over: step, tokens, FLOPs, configs and RNG kept; re-warmup and a growth
+    record added; the last evaluation no longer describes this model."""
+    state = copy.deepcopy(state)
+    step = int(state.get("step", 0))
+    if rewarmup_steps:
+        state.setdefault("schedule", {})["rewarmup"] = {"grow_step": step, "steps": rewarmup_steps}
+    state["evaluated_at"] = None
+    report = result.report
+    history = state.setdefault("extra", {}).setdefault("growth_history", [])
+    history.append(
+        {
+            "step": step,
+            "tokens": state.get("tokens"),
+            "method": report.method,
+            "kind": report.kind,
+            "max_abs_dlogits": report.max_abs_dlogits,
+            "dloss": report.dloss,
+            "old_params": report.old_params,
+            "new_params": report.new_params,
+        }
+    )
+    return state
+
+
+def run(args: argparse.Namespace) -> int:
+    choice("--optimizer", args.optimizer, ("carry", "fresh"))
+    require(args.rewarmup_steps >= 0, f"--rewarmup-steps={args.rewarmup_steps} must be >= 0")
+    out = Path(args.out)
+    try:
+        resolve_checkpoint_dir(out)
+    except ConfigError:
+        pass
+    else:
+        raise ConfigError(f"--out {args.out!r} already holds a checkpoint; choose another directory")
+    ckpt = load_checkpoint(args.checkpoint)
+    target = resolve_target(args.to, ckpt.model_config)
+    options = {
+        k: v
+        for k, v in {
+            "layer_sources": _index_list(args.layer_sources, "--layer-sources"),
+            "insert_positions": _index_list(args.insert_positions, "--insert-positions"),
+            "block_init": args.block_init,
+            "router_init": args.router_init,
+            "expert_init": args.expert_init,
+            "rescale_eps": args.rescale_eps,
+        }.items()
+        if v is not None
+    }
+    choices = {dim: getattr(args, dim) for dim in ("depth", "width", "heads", "ffn", "seq", "experts")}
+    plan(
+        ckpt.model_config,
+        target,
+        args.method,
+        noise=args.noise,
+        noise_std=args.noise_std,
+        **choices,
+        **options,
+    )  # every refusal happens here, before data or models are touched
+
+    model = model_from_checkpoint(ckpt)
+    probe, probe_source = probe_batch(ckpt)
+    result = grow(
+        model,
+        target,
+        args.method,
+        noise=args.noise,
+        noise_std=args.noise_std,
+        seed=args.seed,
+        probe=probe,
+        **choices,
+        **options,
+    )
+    optimizer_state = None
+    if args.optimizer == "carry" and ckpt.optimizer_state:
+        optimizer_state = grow_optimizer_state(ckpt.optimizer_state, result.param_map)
+    grown = Checkpoint(
+        model_config=result.model.config,
+        block_keys=result.model.block_keys,
+        model_state={k: v.detach().to("cpu") for k, v in result.model.state_dict().items()},
+        optimizer_state=optimizer_state,
+        train_state=grown_train_state(ckpt.train_state, result, args.rewarmup_steps),
+    )
+    save_checkpoint(out / CHECKPOINT_DIRNAME, grown)
+    report = result.report.to_dict()
+    report.update(
+        source_checkpoint=str(args.checkpoint),
+        probe_source=probe_source,
+        optimizer=args.optimizer,
+        rewarmup_steps=args.rewarmup_steps,
+        step=grown.train_state.get("step"),
+    )
+    atomic_write_json(out / REPORT_FILE, report)
+
+    print(result.report.summary())
+    for step in result.report.steps:
+        print(f"  - {step.method} ({step.kind})" + "".join(f"; {n}" for n in step.notes))
+    for note in result.report.notes:
+        print(f"  note: {note}")
+    print(f"probe: {probe_source}", file=sys.stderr)
+    print(
+        f"wrote {out / CHECKPOINT_DIRNAME} and {out / REPORT_FILE}; continue with: tgrow train --resume {out}"
+    )
+    return 0

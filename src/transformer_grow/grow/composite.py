@@ -1,0 +1,137 @@
+"""CompoundGrow: grow a model to a target config as a sequence of single-dimension operators.
+
+``grow(model, target, method=None, *, depth=..., width=..., heads=..., ffn=..., seq=..., experts=...)``
+reads the difference between the model's config and ``target`` and applies, in this order:
+
+==========  =================================================  ==========================================
+dimension   choices (default first)                            changes
+==========  =================================================  ==========================================
+width       clone, net2net, zero_pad, random_pad               d_model (clone also heads x k, d_ff x k
+                                                               where the target has room)
+heads       zero                                               n_head, n_kv_head
+ffn         zero, split                                        d_ff
+experts     upcycle (dense model), add (MoE model)             n_expert
+depth       stack, repeat, interleave, insert_zero,            n_layer
+            insert_random, layer_map
+seq         copy, tile, interpolate (learned positions)        seq_len, rope_scale, rope_base
+==========  =================================================  ==========================================
+
+``method`` is a shorthand for the depth and/or width choice: ``method="stack"``, ``method="clone"``
+or ``method="stack+clone"``. Per-operator options: ``layer_sources`` (depth=layer_map),
+``insert_positions`` (insert_zero/insert_random), ``block_init`` (insert_zero), ``rescale_eps``
+(zero_pad), ``router_init`` (experts), ``expert_init`` (experts=add). ``noise``/``noise_std`` go to
+every cloning or splitting step that supports the mode (a step that cannot cancel noise gets none,
+noted in the report).
+
+Everything is checked before anything is built: shrinking or unreachable targets, changes of norm,
+positions, MLP type, vocabulary, tying, biases or head_dim raise :class:`ConfigError`. Settings that
+do not change the architecture (dropout, init_std, scale_residual_init, moe_aux_loss_coef, norm_eps)
+follow the source model; a different target value is noted, not applied. The returned map is the
+composition of the steps' maps; the report measures old vs final model and lists the steps.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from transformer_grow.grow import moe
+from transformer_grow.grow.adapter import ModelAdapter, adapter_for
+from transformer_grow.grow.build import execute, fill_measurement, num_params, probe_for
+from transformer_grow.grow.plan import (  # re-exported: the planning API used by the growth trainer
+    CHOICES,
+    FOLLOW_SOURCE,
+    plan,
+    plan_steps,
+    resolve_choices,
+    target_config,
+)
+from transformer_grow.grow.report import GrowthReport, GrowthResult, worst_kind
+from transformer_grow.model import ModelConfig
+
+__all__ = ["CHOICES", "grow", "plan", "plan_steps", "resolve_choices", "target_config"]
+
+
+def grow(
+    model: nn.Module,
+    target: ModelConfig | dict | str,
+    method: str | None = None,
+    *,
+    depth: str | None = None,
+    width: str | None = None,
+    heads: str | None = None,
+    ffn: str | None = None,
+    seq: str | None = None,
+    experts: str | None = None,
+    noise: str = "none",
+    noise_std: float = 1e-3,
+    seed: int = 0,
+    probe=None,
+    measure: bool = True,
+    measure_steps: bool = False,
+    adapter: ModelAdapter | None = None,
+    **options,
+) -> GrowthResult:
+    """Grow ``model`` to ``target`` (config, dict or preset name); see the module docstring."""
+    adapter = adapter or adapter_for(model)
+    source = adapter.config(model)
+    target = target_config(source, target)
+    steps = plan(
+        source,
+        target,
+        method,
+        depth=depth,
+        width=width,
+        heads=heads,
+        ffn=ffn,
+        seq=seq,
+        experts=experts,
+        noise=noise,
+        noise_std=noise_std,
+        **options,
+    )
+    batch, probe_info = probe_for(source, probe)  # validated before anything is built
+
+    current, param_map, reports = model, None, []
+    for i, step in enumerate(steps):
+        step_plan = step.make_plan(current, adapter, seed=seed + i, **step.kwargs)
+        result = execute(
+            current,
+            step_plan,
+            adapter,
+            seed=seed + i,
+            probe=batch if measure_steps else None,
+            measure_preservation=measure_steps,
+        )
+        if step.dimension == "experts" and step.method == "add" and measure_steps:
+            moe.note_new_expert_share(result, adapter.config(current).n_expert)
+        if step.note:
+            result.report.notes.append(step.note)
+        param_map = result.param_map if param_map is None else result.param_map.compose(param_map)
+        reports.append(result.report)
+        current = result.model
+
+    notes = [
+        f"{name}: target {getattr(target, name)!r} not applied; follows the model "
+        f"({getattr(adapter.config(current), name)!r})"
+        for name in FOLLOW_SOURCE
+        if getattr(target, name) != getattr(adapter.config(current), name)
+    ]
+    report = GrowthReport(
+        method=",".join(f"{s.dimension}={s.method}" for s in steps),
+        kind=worst_kind(r.kind for r in reports),
+        old_config=source.to_dict(),
+        new_config=adapter.config(current).to_dict(),
+        old_params=num_params(model),
+        new_params=num_params(current),
+        options={"seed": seed, "noise": noise, "noise_std": noise_std, **options},
+        probe=probe_info,
+        map_summary=param_map.summary(),
+        notes=notes,
+        steps=reports,
+    )
+    result = GrowthResult(current, param_map, report)
+    if measure:
+        fill_measurement(report, adapter, model, current, batch)
+        if 0 < source.n_expert < target.n_expert:
+            moe.note_new_expert_share(result, source.n_expert)
+    return result

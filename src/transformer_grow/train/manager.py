@@ -1,0 +1,401 @@
+"""GrowthManager: trains a :class:`~transformer_grow.train.plans.GrowthPlan` end to end.
+
+>>> manager = GrowthManager(target=preset("tiny", vocab_size=data.vocab_size), plan="g_stack",
+...                         budget_tokens=2_000_000, train_config=TrainConfig(batch_size=16, max_steps=1))
+>>> result = manager.run(data)           # train, grow, train on; validation at fixed FLOP intervals
+>>> result.final_val_loss, result.record.total_flops
+
+The manager drives one :class:`~transformer_grow.train.Trainer` from outside: it trains in chunks
+of steps up to the next evaluation or stage end, grows the model with
+:func:`transformer_grow.grow.grow` (AdamW moments carried through the parameter map with
+:func:`~transformer_grow.grow.grow_optimizer_state`, or a fresh optimizer), swaps it in with
+:meth:`Trainer.replace_model` (LR re-warmup), and keeps the global LR schedule on the budget axis
+(:class:`~transformer_grow.train.budget_schedule.BudgetSchedule`).
+
+Validation runs every ``budget / n_evals`` (FLOPs or tokens, per ``budget_mode``) on the same fixed
+windows of the target's context length, for every run. Wall-clock time counts the training steps
+and the growth operations, not evaluation or checkpointing.
+
+With ``out_dir`` the run is resumable: the trainer checkpoint (written after every evaluation)
+carries the manager's state, and a finished run writes ``result.json``; calling :meth:`run` again
+returns that result without training, or continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transformer_grow.errors import ConfigError, require
+from transformer_grow.io import atomic_write_json, read_json
+from transformer_grow.train.accounting import (
+    FLOPS_FORMULA,
+    PlanAccount,
+    account_plan,
+    flops_per_token,
+    stage_batch_size,
+    steps_for_rest,
+)
+from transformer_grow.train.budget_schedule import BudgetSchedule, evaluate_fixed_windows
+from transformer_grow.train.checkpoint import resolve_checkpoint_dir
+from transformer_grow.train.compare_report import EvalPoint, RunRecord
+from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.growth_trigger import trigger_fires
+from transformer_grow.train.plan_builders import PlanOptions, build_plan
+from transformer_grow.train.plans import FIXED_FIELDS, GROWABLE_FIELDS, GrowthPlan, describe_config
+from transformer_grow.train.schedule import LRSchedule
+from transformer_grow.train.trainer import Trainer
+
+RESULT_FILENAME = "result.json"
+STATE_KEY = "growth_manager"
+
+
+def log_to_stderr(line: str) -> None:
+    """The default progress sink: one line on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class GrowthRunResult:
+    """A finished plan: the report record (curve, stages, events) and the final model (if trained now)."""
+
+    record: RunRecord
+    model: torch.nn.Module | None = None
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.record.final_val_loss
+
+
+def check_growth_events(plan: GrowthPlan) -> None:
+    """Check every growth event's operator and options against :func:`transformer_grow.grow.grow`
+    (dry run: nothing is built), so a bad choice fails before any training."""
+    from transformer_grow.grow.composite import CHOICES, plan_steps, resolve_choices
+
+    for i, stage in enumerate(plan.stages[1:], start=1):
+        event, where = stage.growth, f"plan {plan.name!r}, {stage.label(i)}"
+        options = dict(event.options)
+        dims = {d: options.pop(d) for d in list(options) if d in CHOICES}
+        noise, noise_std = options.pop("noise", "none"), options.pop("noise_std", 1e-3)
+        try:
+            choices = resolve_choices(event.method, {d: dims.get(d) for d in CHOICES})
+            plan_steps(plan.stages[i - 1].model, stage.model, choices, options, noise, noise_std)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+class GrowthManager:
+    """Runs a growth plan (built-in name or :class:`GrowthPlan`) on a shared budget.
+
+    Args:
+        target: the final model's config (``plan`` built-in names grow into it).
+        plan: ``"scratch"``, ``"g_stack"``, ``"compound"``, ``"progressive"``, ``"adaptive"`` or a plan.
+        budget_tokens: the baseline's token budget (needed for a built-in plan name).
+        train_config: optimiser, schedule shape, batch (``batch_size`` sequences of the *target's*
+            ``seq_len`` per step; stages keep the tokens per step), seed and device. Its
+            ``max_steps``/``max_tokens``/intervals are replaced by the plan's.
+        plan_options: knobs of the built-in plans.
+        n_evals: validation points over the budget (plus one at the start).
+        eval_windows: number of fixed validation windows.
+        out_dir: run directory (checkpoints, metrics, ``result.json``); ``None``: in memory only.
+        name: the run's name in reports (default: the plan's name).
+        log: where progress lines go (default: stderr); ``None`` silences them.
+        data_config: recorded in checkpoints (so ``tgrow eval``/``sample`` can rebuild the data).
+    """
+
+    def __init__(self, target, plan: str | GrowthPlan = "g_stack", budget_tokens: int | None = None,
+                 train_config: TrainConfig | None = None, plan_options: PlanOptions | None = None,
+                 n_evals: int = 20, eval_windows: int = 32, out_dir: str | Path | None = None,
+                 name: str | None = None, log: Callable[[str], None] | None = log_to_stderr,
+                 data_config=None):
+        if isinstance(plan, str):
+            require(budget_tokens is not None, f"plan={plan!r} needs budget_tokens (the baseline's token budget)")
+            plan = build_plan(plan, target, budget_tokens, plan_options)
+        require(isinstance(plan, GrowthPlan), f"plan must be a plan name or a GrowthPlan, got {type(plan).__name__}")
+        plan.validate()
+        require(isinstance(n_evals, int) and n_evals >= 2, f"n_evals={n_evals!r} must be an integer >= 2")
+        require(isinstance(eval_windows, int) and eval_windows >= 1,
+                f"eval_windows={eval_windows!r} must be an integer >= 1")
+        self.plan = plan
+        self.train_config = train_config or TrainConfig(max_steps=1)
+        self.tokens_per_step = self.train_config.batch_size * plan.target.seq_len
+        self.account: PlanAccount = account_plan(plan, self.tokens_per_step)
+        for stage in self.account.stages:
+            require(stage.batch_size % self.train_config.grad_accum == 0,
+                    f"{stage.name}: batch of {stage.batch_size} sequences is not divisible by "
+                    f"grad_accum={self.train_config.grad_accum}")
+        check_growth_events(plan)
+        self.budget = self.account.budget
+        self.n_evals = n_evals
+        self.eval_windows = eval_windows
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.name = name or plan.name
+        self.log = log
+        self.data_config = data_config
+        self.trainer: Trainer | None = None
+        self.state: dict[str, Any] = {}
+        self._windows: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ setup
+    def fingerprint(self, data) -> str:
+        """Identity of this run's settings: a checkpoint or result with another one is refused."""
+        ident = {"plan": self.plan.to_dict(), "train": self.train_config.to_dict(), "n_evals": self.n_evals,
+                 "eval_windows": self.eval_windows, "data": getattr(data, "fingerprint", None)}
+        return hashlib.blake2b(json.dumps(ident, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+
+    def _stage_train_config(self, stage_index: int) -> TrainConfig:
+        return self.train_config.replace(batch_size=self.account.stages[stage_index].batch_size,
+                                         max_steps=self.account.total_steps, max_tokens=None,
+                                         eval_interval=0, ckpt_interval=0)
+
+    def _spent(self) -> float:
+        t = self.trainer
+        return float(t.flops if self.plan.budget_mode == "flops" else t.tokens)
+
+    def _unit_cost(self) -> float:
+        """Budget units one step of the current model costs."""
+        t = self.trainer
+        tokens = t.config.batch_size * t.seq_len
+        return float(tokens * flops_per_token(t.model.config) if self.plan.budget_mode == "flops" else tokens)
+
+    def _install_schedule(self) -> None:
+        """The global schedule on the budget axis (restarted after a growth event with schedule=restart)."""
+        cfg, s = self.train_config, self.state["schedule"]
+        last_cost = self.tokens_per_step * (flops_per_token(self.plan.target)
+                                            if self.plan.budget_mode == "flops" else 1)
+        nominal = max(2, round((self.budget - s["start_spent"]) / last_cost))
+        shape = LRSchedule.from_config(cfg.replace(warmup_steps=0 if s["restart"] else cfg.warmup_steps), nominal)
+        self.trainer.schedule = BudgetSchedule(shape, s["start_step"], s["start_spent"], self.budget - last_cost,
+                                               self._spent)
+
+    def _say(self, text: str) -> None:
+        if self.log is not None:
+            self.log(f"[{self.name}] {text}")
+
+    # -------------------------------------------------------------------- run
+    def run(self, train_data, eval_data=None, limit_steps: int | None = None) -> GrowthRunResult | None:
+        """Train the plan to its budget and return the result.
+
+        ``eval_data`` (default ``train_data``) provides the fixed validation windows (its
+        ``val_windows``), or is a ``[n, T + 1]`` tensor of windows. ``limit_steps`` stops early
+        (after a checkpoint) once the run reaches that many steps and returns ``None``: a
+        time-boxed session, or a test of resuming.
+        """
+        fingerprint = self.fingerprint(train_data)
+        if self.out_dir is not None and (self.out_dir / RESULT_FILENAME).exists():
+            saved = read_json(self.out_dir / RESULT_FILENAME)
+            if saved.get("fingerprint") != fingerprint:
+                raise ConfigError(f"{str(self.out_dir)!r} holds a finished run with other settings; use another "
+                                  "output directory or delete it")
+            self._say("already finished; using its saved result")
+            return GrowthRunResult(RunRecord.from_dict(saved["record"]))
+        self._prepare_windows(train_data if eval_data is None else eval_data)
+        self._start_or_resume(train_data, fingerprint)
+        try:
+            return self._train(limit_steps)
+        finally:
+            if self.trainer is not None:
+                self.trainer.close()
+
+    def _prepare_windows(self, eval_data) -> None:
+        if isinstance(eval_data, torch.Tensor):
+            require(eval_data.ndim == 2 and eval_data.shape[1] == self.plan.target.seq_len + 1,
+                    f"eval windows must have shape [n, {self.plan.target.seq_len + 1}], got {tuple(eval_data.shape)}")
+            self._windows = eval_data
+        else:
+            self._windows = eval_data.val_windows(self.plan.target.seq_len, self.eval_windows)
+
+    def _start_or_resume(self, data, fingerprint: str) -> None:
+        checkpoint = None
+        if self.out_dir is not None:
+            try:
+                checkpoint = resolve_checkpoint_dir(self.out_dir)
+            except (ConfigError, FileNotFoundError):
+                checkpoint = None
+        if checkpoint is not None:
+            trainer = Trainer.resume(checkpoint, data, out_dir=self.out_dir, data_config=self.data_config)
+            state = trainer.extra_state.get(STATE_KEY)
+            if state is None or state.get("fingerprint") != fingerprint:
+                raise ConfigError(f"{str(self.out_dir)!r} holds a checkpoint of a run with other settings; use "
+                                  "another output directory or delete it")
+            self.trainer, self.state = trainer, state
+            self._say(f"resuming at step {trainer.step} (stage {state['stage'] + 1}/{len(self.plan.stages)})")
+        else:
+            first = self.plan.stages[0]
+            self.trainer = Trainer(first.model, self._stage_train_config(0), data, out_dir=self.out_dir,
+                                   data_config=self.data_config)
+            self.state = {"fingerprint": fingerprint, "stage": 0, "curve": [], "events": [], "stages": [],
+                          "next_eval": 0, "stage_start": self._counters(),
+                          "stage_end_step": self._stage_end_step(0),
+                          "schedule": {"start_step": 0, "start_spent": 0.0, "restart": False}}
+        self._install_schedule()
+
+    def _counters(self) -> dict[str, Any]:
+        t = self.trainer
+        return {"step": t.step, "tokens": t.tokens, "flops": t.flops, "wall_seconds": t.wall_seconds}
+
+    def _stage_end_step(self, index: int) -> int:
+        """Last step of stage ``index``, fixed at its start; for a trigger stage, its latest end
+        (``max_fraction`` of the budget spent), which the trigger may bring forward."""
+        stage, start = self.plan.stages[index], self.trainer.step
+        if stage.trigger is not None:
+            room = stage.trigger.max_fraction * self.budget - self._spent()
+            return start + max(1, math.floor(room / self._unit_cost()))
+        if index == len(self.plan.stages) - 1:
+            return start + steps_for_rest(self.budget, self._spent(), self._unit_cost())
+        return start + self.account.stages[index].steps
+
+    def _train(self, limit_steps: int | None) -> GrowthRunResult | None:
+        t = self.trainer
+        if not self.state["curve"]:
+            self._evaluate()
+        while True:
+            index = self.state["stage"]
+            stage = self.plan.stages[index]
+            end = self.state["stage_end_step"]
+            threshold = self.state["next_eval"] * self.budget / self.n_evals
+            to_eval = max(1, math.ceil((threshold - self._spent()) / self._unit_cost() - 1e-9))
+            n = min(end - t.step, to_eval)
+            if limit_steps is not None:
+                n = min(n, limit_steps - t.step)
+            if n > 0:
+                t.train_steps(n)
+            last_stage = index == len(self.plan.stages) - 1
+            evaluated = False
+            if self._spent() >= threshold - 1e-6 * self.budget and self.state["next_eval"] <= self.n_evals:
+                self._evaluate()
+                evaluated = True
+            stage_done = t.step >= end or (evaluated and stage.trigger is not None and self._trigger_says_grow())
+            if stage_done and last_stage:
+                if self.state["curve"][-1]["step"] != t.step:
+                    self._evaluate()
+                return self._finish()
+            if stage_done:
+                self._grow()
+                self._checkpoint()
+            elif evaluated:
+                self._checkpoint()
+            if limit_steps is not None and t.step >= limit_steps:
+                self._checkpoint()
+                self._say(f"stopped at step {t.step} (limit); run again to continue")
+                return None
+
+    # ------------------------------------------------------------- evaluation
+    def _evaluate(self) -> float:
+        t = self.trainer
+        batch = t.config.eval_batch_size or t.config.micro_batch_size
+        loss = evaluate_fixed_windows(t.model, self._windows, batch, t.device)
+        point = EvalPoint(t.step, t.tokens, float(t.flops), t.wall_seconds, loss, self.state["stage"])
+        self.state["curve"].append(point.to_dict())
+        self.state["next_eval"] = math.floor(self._spent() / self.budget * self.n_evals + 1e-6) + 1
+        self._progress(loss)
+        return loss
+
+    def _progress(self, val_loss: float) -> None:
+        t = self.trainer
+        done = min(1.0, self._spent() / self.budget)
+        rate = t.tokens / t.wall_seconds if t.wall_seconds > 0 else 0.0
+        eta = f"{t.wall_seconds * (1 - done) / done:.0f}s" if done > 0 else "n/a"
+        stage = self.state["stage"]
+        train = "n/a" if t.last_train_loss is None else f"{t.last_train_loss:.3f}"
+        self._say(f"stage {stage + 1}/{len(self.plan.stages)} ({describe_config(t.model.config)}) step {t.step} "
+                  f"{done:5.1%} of budget | {rate:,.0f} tok/s | train {train} | val {val_loss:.4f} | "
+                  f"ETA {eta}")
+
+    def _trigger_says_grow(self) -> bool:
+        stage_points = [p for p in self.state["curve"] if p["stage"] == self.state["stage"] and p["step"] > 0]
+        trigger = self.plan.stages[self.state["stage"]].trigger
+        unit = "flops" if self.plan.budget_mode == "flops" else "tokens"
+        fires, note = trigger_fires([p[unit] for p in stage_points], [p["val_loss"] for p in stage_points],
+                                    trigger, self.budget)
+        if fires:
+            self.state.setdefault("trigger_notes", []).append(note)
+            self._say(f"trigger: {note}")
+        return fires
+
+    # ----------------------------------------------------------------- growth
+    def _grow(self) -> None:
+        from transformer_grow.grow import grow, grow_optimizer_state
+        from transformer_grow.train.optim import optimizer_state_by_name
+
+        t, index = self.trainer, self.state["stage"]
+        new_stage = self.plan.stages[index + 1]
+        event = new_stage.growth
+        self._close_stage()
+        loss_before = self.state["curve"][-1]["val_loss"] if self.state["curve"][-1]["step"] == t.step \
+            else evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device)
+        start = time.perf_counter()
+        result = grow(t.model, new_stage.model, event.method, seed=self.train_config.seed + 1000 * (index + 1),
+                      **event.options)
+        new_config = result.model.config
+        for name in FIXED_FIELDS + GROWABLE_FIELDS:
+            require(getattr(new_config, name) == getattr(new_stage.model, name),
+                    f"growth by {event.method} produced {name}={getattr(new_config, name)}, the plan's stage "
+                    f"wants {getattr(new_stage.model, name)}")
+        state = None
+        if event.optimizer == "carry":
+            state = grow_optimizer_state(optimizer_state_by_name(t.model, t.optimizer), result.param_map)
+        t.config = t.config.replace(batch_size=stage_batch_size(new_config, self.tokens_per_step))
+        t.replace_model(result.model, state, rewarmup_steps=event.rewarmup_steps)
+        t.wall_seconds += time.perf_counter() - start
+        if event.schedule == "restart":
+            self.state["schedule"] = {"start_step": t.step, "start_spent": self._spent(), "restart": True}
+            self._install_schedule()
+        self.state["stage"] = index + 1
+        self.state["stage_start"] = self._counters()
+        self.state["stage_end_step"] = self._stage_end_step(index + 1)
+        loss_after = evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device)
+        report = result.report
+        self.state["events"].append({
+            "step": t.step, "tokens": t.tokens, "flops": t.flops, "from_stage": index, "to_stage": index + 1,
+            "operator": report.method, "kind": report.kind, "optimizer": event.optimizer,
+            "rewarmup_steps": event.rewarmup_steps, "schedule": event.schedule,
+            "val_loss_before": loss_before, "val_loss_after": loss_after,
+            "description": f"{report.method} ({report.kind}); val loss {loss_before:.4f} -> {loss_after:.4f}; "
+                           f"optimizer {event.optimizer}, re-warmup {event.rewarmup_steps} steps",
+        })
+        t.log(event="growth", operator=report.method, val_loss_before=loss_before, val_loss_after=loss_after)
+        self._say(f"grew to {describe_config(new_config)} at step {t.step}: val loss {loss_before:.4f} -> "
+                  f"{loss_after:.4f} ({report.method})")
+
+    def _close_stage(self) -> None:
+        t, index = self.trainer, self.state["stage"]
+        begin, cfg = self.state["stage_start"], t.model.config
+        self.state["stages"].append({
+            "index": index, "name": self.plan.stages[index].label(index), "model": describe_config(cfg),
+            "steps": t.step - begin["step"], "tokens": t.tokens - begin["tokens"],
+            "flops": t.flops - begin["flops"], "flops_per_token": flops_per_token(cfg),
+            "wall_seconds": t.wall_seconds - begin["wall_seconds"],
+        })
+
+    # ---------------------------------------------------------------- results
+    def _checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        self.trainer.extra_state[STATE_KEY] = self.state
+        self.trainer.save()
+
+    def _finish(self) -> GrowthRunResult:
+        t = self.trainer
+        self._close_stage()
+        curve = [EvalPoint.from_dict(p) for p in self.state["curve"]]
+        notes = list(self.plan.notes) + list(self.state.get("trigger_notes", []))
+        record = RunRecord(self.name, curve, float(t.flops), t.tokens, t.wall_seconds,
+                           stages=self.state["stages"], events=self.state["events"], notes=notes)
+        if self.out_dir is not None:
+            self._checkpoint()
+            atomic_write_json(self.out_dir / RESULT_FILENAME, {
+                "fingerprint": self.state["fingerprint"], "record": record.to_dict(),
+                "plan": self.plan.to_dict(), "account": self.account.to_dict(), "flops_formula": FLOPS_FORMULA})
+        self._say(f"done: val loss {record.final_val_loss:.4f}, {record.total_flops:.3g} FLOPs, "
+                  f"{record.total_tokens:,} tokens, {record.wall_seconds:.1f}s")
+        return GrowthRunResult(record, t.model)
