@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 -q -p no:benchmark
 
 compare: install
 	$(BIN)/tgrow compare --preset quick --out runs/compare-quick

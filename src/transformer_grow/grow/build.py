@@ -20,6 +20,7 @@ from transformer_grow.grow.map import ParamMap
 from transformer_grow.grow.noise import NoiseSpec, add_noise
 from transformer_grow.grow.report import GrowthReport, GrowthResult, check_probe, default_probe, measure
 from transformer_grow.model import ModelConfig
+from transformer_grow.train.dist_guard import ensure_unwrapped
 
 
 @dataclass
@@ -143,6 +144,7 @@ def run_operator(
     **options,
 ) -> GrowthResult:
     """Shared driver of the single-dimension operators: plan (all checks, nothing built), then execute."""
+    ensure_unwrapped(model)  # never grow under a live DDP/FSDP wrapper: it would miss the new parameters
     adapter = adapter or adapter_for(model)
     plan = make_plan(model, adapter, seed=seed, **options)
     return execute(model, plan, adapter, seed=seed, probe=probe, measure_preservation=measure)

@@ -47,6 +47,7 @@ from transformer_grow.grow.plan import (  # re-exported: the planning API used b
 )
 from transformer_grow.grow.report import GrowthReport, GrowthResult, worst_kind
 from transformer_grow.model import ModelConfig
+from transformer_grow.train.dist_guard import ensure_unwrapped
 
 __all__ = ["CHOICES", "grow", "plan", "plan_steps", "resolve_choices", "target_config"]
 
@@ -72,6 +73,7 @@ def grow(
     **options,
 ) -> GrowthResult:
     """Grow ``model`` to ``target`` (config, dict or preset name); see the module docstring."""
+    ensure_unwrapped(model)  # never grow under a live DDP/FSDP wrapper: it would miss the new parameters
     adapter = adapter or adapter_for(model)
     source = adapter.config(model)
     target = target_config(source, target)
