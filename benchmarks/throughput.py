@@ -36,14 +36,13 @@ import torch
 from torch import nn
 
 import transformer_grow.model.gpt as gpt_module
-import transformer_grow.model.layers as layers_module
 from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.io import atomic_write_json
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.optim import build_optimizer
 
-# "ours-gpt2-unfused" is an ablation: our GPT-2-style model with the CPU fast paths switched off.
+# "ours-gpt2-unfused" is an ablation: our GPT-2-style model without the fused head + loss.
 MODELS = ("ours-gpt2", "hf-gpt2", "ours-llama", "ours-gpt2-unfused")
 DEFAULT_MODELS = ("ours-gpt2", "hf-gpt2", "ours-llama")
 OPTIMIZERS = ("trainer", "fused")
@@ -121,15 +120,14 @@ def build_hf_gpt2(s: BenchSettings) -> nn.Module:
 
 @contextlib.contextmanager
 def unfused_model_code() -> Iterator[None]:
-    """Run our model along its reference paths: one matmul per projection, and ``F.linear`` +
-    ``F.cross_entropy`` for the head and loss (the ablation ``ours-gpt2-unfused``)."""
-    saved = layers_module.project_together, gpt_module.fused_head_loss_applies
-    layers_module.project_together = lambda x, *projections: tuple(p(x) for p in projections)
+    """Run our model with ``F.linear`` + ``F.cross_entropy`` for the head and loss instead of the fused
+    :class:`~transformer_grow.model.layers.LinearCrossEntropy` (the ablation ``ours-gpt2-unfused``)."""
+    saved = gpt_module.fused_head_loss_applies
     gpt_module.fused_head_loss_applies = lambda hidden, weight: False
     try:
         yield
     finally:
-        layers_module.project_together, gpt_module.fused_head_loss_applies = saved
+        gpt_module.fused_head_loss_applies = saved
 
 
 def make_optimizer(model: nn.Module, kind: str) -> torch.optim.Optimizer:
@@ -355,7 +353,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchSettings, str | None
     p.add_argument("--malloc-tuning", action="store_true",
                    help="glibc mallopt: reuse freed big buffers instead of fresh mmap pages (all models)")
     p.add_argument("--models", default=",".join(d.models), help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--ablation", action="store_true", help="also time ours-gpt2-unfused (CPU fast paths off)")
+    p.add_argument("--ablation", action="store_true", help="also time ours-gpt2-unfused (plain head + cross-entropy)")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face baseline")
     p.add_argument("--peak-size", type=int, default=d.peak_size, help="matrix size of the matmul peak timing")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")

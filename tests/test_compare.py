@@ -126,7 +126,8 @@ def test_killed_compare_resumes_without_rerunning_finished_runs(text_dir, tmp_pa
                         progress=False)
     config = micro_config(text_dir, tmp_path / "c")
     out = tmp_path / "cmp"
-    assert run_compare(config, out, data=data, progress_log=None, max_runs=1) is None  # "killed" after run 1
+    # "killed" after run 1 (runs one after another)
+    assert run_compare(config, out, data=data, progress_log=None, interleave=False, max_runs=1) is None
     first = out / "runs" / "scratch" / "result.json"
     stamp = first.stat().st_mtime_ns
     assert not (out / "report.json").exists()
@@ -139,7 +140,7 @@ def test_killed_compare_resumes_without_rerunning_finished_runs(text_dir, tmp_pa
     assert manager.run(data, limit_steps=20) is None
     assert (out / "runs" / "g_stack" / "checkpoint").is_dir()
     lines = []
-    report = run_compare(config, out, data=data, log=lines.append, progress_log=lines.append)
+    report = run_compare(config, out, data=data, log=lines.append, progress_log=lines.append, interleave=False)
     assert first.stat().st_mtime_ns == stamp  # the finished baseline was not re-run
     assert any("resuming at step 20" in line for line in lines)
     assert [r["name"] for r in report["runs"]] == ["scratch", "g_stack"]
@@ -189,3 +190,23 @@ def test_report_says_when_a_smaller_stage_reached_the_baseline_loss():
     from transformer_grow.train.compare_report import markdown_summary
 
     assert "reached the baseline's final loss before the last growth" in markdown_summary(report)
+
+
+def test_interleaved_compare_killed_midway_resumes_every_run(text_dir, tmp_path):
+    data = prepare_data(DataConfig(corpus=str(text_dir), tokenizer="bytes", cache_dir=str(tmp_path / "c")),
+                        progress=False)
+    config = micro_config(text_dir, tmp_path / "c")
+    lines = []
+    assert run_compare(config, tmp_path / "a", data=data, progress_log=lines.append, max_rounds=2) is None
+    assert sum("round 2/4 done" in line for line in lines) == 1
+    for name in ("scratch", "g_stack"):  # both runs paused halfway, checkpointed
+        assert (tmp_path / "a" / "runs" / name / "checkpoint").is_dir()
+        assert not (tmp_path / "a" / "runs" / name / "result.json").exists()
+    lines.clear()
+    resumed = run_compare(config, tmp_path / "a", data=data, log=lines.append, progress_log=lines.append)
+    assert sum("resuming at step" in line for line in lines) == 2
+    straight = run_compare(config, tmp_path / "b", data=data, log=lines.append, progress_log=None)
+    for a, b in zip(resumed["runs"], straight["runs"]):
+        assert [p["val_loss"] for p in a["curve"]] == pytest.approx([p["val_loss"] for p in b["curve"]], abs=1e-5)
+        assert [p["flops"] for p in a["curve"]] == [p["flops"] for p in b["curve"]]
+    assert resumed["settings"]["interleaved"] is True

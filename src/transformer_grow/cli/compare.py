@@ -67,6 +67,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--budget-tokens", type=parse_count, default=None,
                         help="the baseline's token budget, e.g. 2M; default: the preset's")
     parser.add_argument("--n-evals", type=int, default=None, help="validation points over the budget")
+    parser.add_argument("--sequential", action="store_true",
+                        help="run the plans one after another (default: they take turns every evaluation interval, "
+                             "so changes in machine load hit every run alike and wall-clock ratios stay fair)")
     parser.add_argument("--eval-windows", type=int, default=None, help="number of fixed validation windows")
     group = parser.add_argument_group("training (every run)")
     for flag, name, kind, text in TRAIN_FLAGS:
@@ -119,6 +122,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"tgrow compare: preset {config.name}, plans scratch + {', '.join(config.plans)}, output {out}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GrowthTimingWarning)  # already shown
-        report = run_compare(config, out)
+        report = run_compare(config, out, interleave=not args.sequential)
     print(f"report: {out}/report.json, {out}/report.md, {out}/loss_vs_flops.png, {out}/loss_vs_wall.png")
     return 0 if report is not None else 1

@@ -22,36 +22,6 @@ def build_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
     return nn.RMSNorm(dim, eps=config.norm_eps)
 
 
-def project_together(x: torch.Tensor, *projections: nn.Module) -> tuple[torch.Tensor, ...]:
-    """``tuple(p(x) for p in projections)``, computed as one matmul with the weights concatenated.
-
-    One wide matmul runs closer to the CPU's peak than several narrow ones (and its backward is
-    one matmul per gradient too); the results are the same up to float rounding. Each projection
-    stays its own ``nn.Linear`` with its own parameters. Falls back to calling the modules when any
-    is not a plain ``nn.Linear`` or has hooks (which the fused matmul would bypass).
-    """
-    has_bias = {p.bias is not None for p in projections if isinstance(p, nn.Linear)}
-    if not all(_is_plain_linear(p) for p in projections) or len(has_bias) != 1 or _global_module_hooks():
-        return tuple(p(x) for p in projections)
-    weight = torch.cat([p.weight for p in projections])
-    bias = torch.cat([p.bias for p in projections]) if has_bias.pop() else None
-    return F.linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)
-
-
-def _is_plain_linear(module: nn.Module) -> bool:
-    return type(module) is nn.Linear and not (
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
-    )
-
-
-def _global_module_hooks() -> bool:
-    """Whether hooks registered for all modules (``nn.modules.module.register_module_forward_hook``
-    and friends) are active; they must see every projection called."""
-    m = nn.modules.module
-    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
-                or m._global_backward_pre_hooks)
-
-
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021, RoFormer, eq. 34), rotate-half convention.
 
@@ -100,10 +70,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = project_together(x, self.q_proj, self.k_proj, self.v_proj)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = rope(q), rope(k)
         if self.n_kv_head != self.n_head:  # grouped-query attention: each kv head serves a group of q heads
@@ -129,8 +98,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
-            gate, up = project_together(x, self.gate_proj, self.up_proj)
-            h = F.silu(gate) * up
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         else:
             h = F.gelu(self.up_proj(x), approximate="tanh")
         return self.down_proj(h)

@@ -13,8 +13,11 @@ Output directory::
     report.json           runs, speedups, losses at equal FLOPs (written last, atomically)
     report.md, loss_vs_flops.png, loss_vs_wall.png
 
-Killed midway, the same command continues: finished runs are kept (their ``result.json``),
-the unfinished one resumes from its last checkpoint.
+The runs take turns (one evaluation interval each, round by round) so that the machine's load,
+which on a shared machine changes by the minute, weighs on every run alike; ``interleave=False``
+runs them one after another. Killed midway, the same command continues: finished runs are kept
+(their ``result.json``), unfinished ones resume from their last checkpoint (written at every
+evaluation).
 """
 
 from __future__ import annotations
@@ -144,12 +147,15 @@ def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
 
 
 def run_compare(config: CompareConfig, out_dir: str | Path, data=None, log: Callable[[str], None] | None = None,
-                progress_log: Callable[[str], None] | None = log_to_stderr,
-                max_runs: int | None = None) -> dict[str, Any] | None:
+                progress_log: Callable[[str], None] | None = log_to_stderr, interleave: bool = True,
+                max_runs: int | None = None, max_rounds: int | None = None) -> dict[str, Any] | None:
     """Run (or resume) the comparison in ``out_dir`` and write the report; returns it.
 
-    ``data`` defaults to ``prepare_data(config.data)``. ``max_runs`` stops after that many runs
-    have finished (``None`` returned; run again to continue): a time-boxed session or a test.
+    ``interleave`` (default) has the runs take turns, one evaluation interval each (``budget /
+    n_evals``), so that changes in the machine's load hit every run alike and the wall-clock
+    ratios stay meaningful on a shared machine; otherwise the runs go one after another.
+    ``data`` defaults to ``prepare_data(config.data)``. ``max_runs`` (sequential) / ``max_rounds``
+    (interleaved) stop early with ``None`` (run again to continue): a time-boxed session or a test.
     ``log`` receives the final speedup table (default: print).
     """
     from transformer_grow.data import prepare_data
@@ -157,38 +163,75 @@ def run_compare(config: CompareConfig, out_dir: str | Path, data=None, log: Call
     config.validate()
     log = log or print
     out_dir = Path(out_dir)
-    names = [BASELINE, *config.plans]
     if data is None:
         data = prepare_data(config.data)
     target = config.target.replace(vocab_size=int(data.vocab_size))
     data.check_seq_len(target.seq_len)
     managers = []
-    for name in names:  # every plan is built and checked before any training
+    for name in [BASELINE, *config.plans]:  # every plan is built and checked before any training
         plan = build_plan(name, target, config.budget_tokens, config.plan_options)
         managers.append(GrowthManager(target, plan, train_config=config.train, n_evals=config.n_evals,
                                       eval_windows=config.eval_windows, out_dir=out_dir / "runs" / name,
                                       log=progress_log, data_config=config.data))
     settings = {**config.to_dict(), "target": target.to_dict(), "data_fingerprint": data.fingerprint}
     _check_settings(out_dir, settings)
-    records: list[RunRecord] = []
-    started = time.perf_counter()
-    for i, manager in enumerate(managers):
-        if max_runs is not None and i >= max_runs:
-            return None
-        if progress_log is not None:
-            progress_log(f"== run {i + 1}/{len(managers)}: {manager.name} "
-                         f"({len(manager.plan.stages)} stage(s), {manager.account.total_steps:,} steps planned; "
-                         f"{time.perf_counter() - started:.0f}s elapsed)")
-        result = manager.run(data)
-        records.append(result.record)
-    report = build_report(records, BASELINE, _report_settings(config, target, data))
+    say = progress_log or (lambda line: None)
+    if interleave:
+        records = _run_interleaved(managers, data, config.n_evals, say, max_rounds)
+    else:
+        records = _run_sequential(managers, data, say, max_runs)
+    if records is None:
+        return None
+    report = build_report(records, BASELINE, _report_settings(config, target, data, interleave))
     write_report(report, out_dir)
     for line in speedup_table(report):
         log(line)
     return report
 
 
-def _report_settings(config: CompareConfig, target: ModelConfig, data) -> dict[str, Any]:
+def _run_sequential(managers: list[GrowthManager], data, say, max_runs: int | None) -> list[RunRecord] | None:
+    records: list[RunRecord] = []
+    started = time.perf_counter()
+    for i, manager in enumerate(managers):
+        if max_runs is not None and i >= max_runs:
+            return None
+        say(f"== run {i + 1}/{len(managers)}: {manager.name} ({len(manager.plan.stages)} stage(s), "
+            f"{manager.account.total_steps:,} steps planned; {time.perf_counter() - started:.0f}s elapsed)")
+        records.append(manager.run(data).record)
+    return records
+
+
+def _run_interleaved(managers: list[GrowthManager], data, n_evals: int, say,
+                     max_rounds: int | None) -> list[RunRecord] | None:
+    """Round k trains every unfinished run up to k / n_evals of its budget; a last round finishes them."""
+    results: dict[str, RunRecord] = {}
+    started = time.perf_counter()
+    try:
+        for manager in managers:
+            finished = manager.open(data)
+            if finished is not None:
+                results[manager.name] = finished.record
+        for k in range(1, n_evals + 2):
+            if len(results) == len(managers):
+                break
+            if max_rounds is not None and k > max_rounds:
+                return None
+            for manager in managers:
+                if manager.name not in results:
+                    done = manager.advance(until_fraction=k / n_evals if k <= n_evals else None)
+                    if done is not None:
+                        results[manager.name] = done.record
+            elapsed = time.perf_counter() - started
+            rounds = min(k, n_evals)
+            say(f"== round {rounds}/{n_evals} done: {', '.join(m.name for m in managers)}; {elapsed:.0f}s elapsed, "
+                f"ETA {elapsed * (n_evals - rounds) / rounds:.0f}s")
+    finally:
+        for manager in managers:
+            manager.close()
+    return [results[m.name] for m in managers]
+
+
+def _report_settings(config: CompareConfig, target: ModelConfig, data, interleave: bool) -> dict[str, Any]:
     mode = config.plan_options.budget_mode
     baseline_flops = config.budget_tokens * flops_per_token(target)
     if mode == "flops":
@@ -204,5 +247,9 @@ def _report_settings(config: CompareConfig, target: ModelConfig, data) -> dict[s
             "plan_options": dataclasses.asdict(config.plan_options), "n_evals": config.n_evals,
             "eval_windows": config.eval_windows, "data": getattr(data, "description", ""),
             "data_fingerprint": getattr(data, "fingerprint", None),
+            "interleaved": interleave,
             "wall_clock_note": ("training-step and growth time of each run, measured in this process; evaluation and "
-                                "checkpointing excluded; other load on the machine inflates it")}
+                                "checkpointing excluded; " + (
+                                    "the runs took turns every evaluation interval, so other load on the machine "
+                                    "hits them alike" if interleave else
+                                    "the runs went one after another: other load on the machine skews the ratios"))}

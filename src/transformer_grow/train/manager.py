@@ -190,6 +190,20 @@ class GrowthManager:
         (after a checkpoint) once the run reaches that many steps and returns ``None``: a
         time-boxed session, or a test of resuming.
         """
+        finished = self.open(train_data, eval_data)
+        if finished is not None:
+            return finished
+        try:
+            return self.advance(limit_steps=limit_steps)
+        finally:
+            self.close()
+
+    def open(self, train_data, eval_data=None) -> GrowthRunResult | None:
+        """Start the run, or resume it from ``out_dir``; returns the saved result if it already finished.
+
+        With :meth:`advance` and :meth:`close`, several runs can take turns (``tgrow compare``
+        interleaves them so that every run sees the same machine load).
+        """
         fingerprint = self.fingerprint(train_data)
         if self.out_dir is not None and (self.out_dir / RESULT_FILENAME).exists():
             saved = read_json(self.out_dir / RESULT_FILENAME)
@@ -200,11 +214,19 @@ class GrowthManager:
             return GrowthRunResult(RunRecord.from_dict(saved["record"]))
         self._prepare_windows(train_data if eval_data is None else eval_data)
         self._start_or_resume(train_data, fingerprint)
-        try:
-            return self._train(limit_steps)
-        finally:
-            if self.trainer is not None:
-                self.trainer.close()
+        return None
+
+    def advance(self, until_fraction: float | None = None, limit_steps: int | None = None) -> GrowthRunResult | None:
+        """Train on; return the result when the run finishes, or ``None`` after pausing (with a
+        checkpoint) at the first evaluation where ``until_fraction`` of the budget is spent, or
+        at step ``limit_steps``."""
+        require(self.trainer is not None, "advance() needs open() first")
+        return self._train(limit_steps, until_fraction)
+
+    def close(self) -> None:
+        """Release the trainer (progress bars, metric writers)."""
+        if self.trainer is not None:
+            self.trainer.close()
 
     def _prepare_windows(self, eval_data) -> None:
         if isinstance(eval_data, torch.Tensor):
@@ -254,7 +276,7 @@ class GrowthManager:
             return start + steps_for_rest(self.budget, self._spent(), self._unit_cost())
         return start + self.account.stages[index].steps
 
-    def _train(self, limit_steps: int | None) -> GrowthRunResult | None:
+    def _train(self, limit_steps: int | None, until_fraction: float | None = None) -> GrowthRunResult | None:
         t = self.trainer
         if not self.state["curve"]:
             self._evaluate()
@@ -288,6 +310,8 @@ class GrowthManager:
                 self._checkpoint()
                 self._say(f"stopped at step {t.step} (limit); run again to continue")
                 return None
+            if evaluated and until_fraction is not None and self._spent() >= until_fraction * self.budget * (1 - 1e-9):
+                return None  # paused after a checkpoint
 
     # ------------------------------------------------------------- evaluation
     def _evaluate(self) -> float:
