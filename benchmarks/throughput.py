@@ -10,6 +10,11 @@ of its threads' CPU time in every run of the round (``time.process_time`` / wall
 disturbed by other processes are printed but discarded, and timing goes on until ``rounds`` clean
 rounds are collected or ``max_rounds`` were run. The load average is printed too.
 
+On a machine too busy for clean rounds, run with ``--threads 1``: the column ``tok/cpu-s``
+(tokens per second of this process's CPU time, over all rounds) then estimates the uncontended
+single-thread rate, since time-slicing by other processes does not count as our CPU time (with more
+threads it does not: OpenMP threads spin while waiting for a descheduled sibling).
+
 MFU = flops_per_token * tokens/s / peak, with flops_per_token from :meth:`GPT.flops_per_token`
 (Kaplan et al. 2020, Table 1: 6N + head + attention) and *peak* the fp32 matmul rate measured in the
 same run (best of several large square ``torch.mm``), not a datasheet number.
@@ -150,6 +155,7 @@ class Contender:
     step: Callable[[], float]
     tokens_per_s: list[float] = dataclasses.field(default_factory=list)
     cpu_share: list[float] = dataclasses.field(default_factory=list)
+    tokens_per_cpu_s: list[float] = dataclasses.field(default_factory=list)  # per thread's CPU second x threads
     clean: list[bool] = dataclasses.field(default_factory=list)  # per round: counted or discarded
     first_step_s: float = 0.0
 
@@ -237,6 +243,7 @@ def timed_run(c: Contender, steps: int, tokens_per_step: int, threads: int) -> N
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     c.tokens_per_s.append(steps * tokens_per_step / wall)
     c.cpu_share.append(cpu / (wall * threads))
+    c.tokens_per_cpu_s.append(steps * tokens_per_step / (cpu / threads))
 
 
 def counted(c: Contender, values: list[float]) -> list[float]:
@@ -306,7 +313,8 @@ def report(s: BenchSettings, contenders: dict[str, Contender], peaks: list[float
     print(f"fp32 matmul peak ({s.peak_size}^2 torch.mm, best of {len(peaks)} x 5 timings): {peak / 1e9:.1f} "
           f"GFLOP/s (per-measurement best: {', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
     print(f"medians over {n_clean or 'all (none clean)'} rounds")
-    print(f"{'model':17s} {'median tok/s':>12s} {'min':>7s} {'max':>7s} {'GFLOP/s':>8s} {'MFU':>6s} {'cpu share':>9s}")
+    print(f"{'model':17s} {'median tok/s':>12s} {'min':>7s} {'max':>7s} {'GFLOP/s':>8s} {'MFU':>6s} {'cpu share':>9s} "
+          f"{'tok/cpu-s':>9s} {'MFU(cpu)':>8s}")
     summary: dict = {"settings": dataclasses.asdict(s), "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "peak_flops": peak, "clean_rounds": n_clean, "models": {}, "ratios": {}}
     for c in contenders.values():
@@ -314,9 +322,12 @@ def report(s: BenchSettings, contenders: dict[str, Contender], peaks: list[float
         tps = statistics.median(runs)
         flops = c.flops_per_token * tps
         print(f"{c.name:17s} {tps:12.0f} {min(runs):7.0f} {max(runs):7.0f} "
-              f"{flops / 1e9:8.1f} {flops / peak:6.1%} {statistics.median(counted(c, c.cpu_share)):9.0%}")
+              f"{flops / 1e9:8.1f} {flops / peak:6.1%} {statistics.median(counted(c, c.cpu_share)):9.0%} "
+              f"{statistics.median(c.tokens_per_cpu_s):9.0f} "
+              f"{c.flops_per_token * statistics.median(c.tokens_per_cpu_s) / peak:8.1%}")
         summary["models"][c.name] = {"tokens_per_s": tps, "mfu": flops / peak, "runs": c.tokens_per_s,
-                                     "clean": c.clean, "first_step_s": c.first_step_s}
+                                     "tokens_per_cpu_s": c.tokens_per_cpu_s, "clean": c.clean,
+                                     "first_step_s": c.first_step_s}
     if "hf-gpt2" in contenders:
         hf = contenders["hf-gpt2"]
         for c in contenders.values():
@@ -324,8 +335,11 @@ def report(s: BenchSettings, contenders: dict[str, Contender], peaks: list[float
                 continue
             ratio = statistics.median(counted(c, c.tokens_per_s)) / statistics.median(counted(hf, hf.tokens_per_s))
             paired = counted(c, [a / b for a, b in zip(c.tokens_per_s, hf.tokens_per_s)])
-            print(f"ratio {c.name} / hf-gpt2: {ratio:.2f}x (median of per-round ratios {statistics.median(paired):.2f}x)")
+            cpu_ratio = statistics.median(c.tokens_per_cpu_s) / statistics.median(hf.tokens_per_cpu_s)
+            print(f"ratio {c.name} / hf-gpt2: {ratio:.2f}x (median of per-round ratios {statistics.median(paired):.2f}x; "
+                  f"by tok/cpu-s {cpu_ratio:.2f}x)")
             summary["ratios"][f"{c.name}/hf-gpt2"] = ratio
+            summary["ratios"][f"{c.name}/hf-gpt2 by cpu time"] = cpu_ratio
     print(f"load average after: {load_average()}")
     return summary
 

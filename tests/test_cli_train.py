@@ -201,3 +201,30 @@ def test_eval_reports_the_final_validation_loss(trained_run, capsys):
     assert result["step"] == 6 and result["windows"] == 4
     assert result["val_loss"] == pytest.approx(load_checkpoint(trained_run).train_state["last_val_loss"], abs=1e-5)
     expect_refusal(["eval", trained_run.parent / "nothing-here"], capsys, "does not exist")
+
+
+def test_train_with_a_plan_grows_and_resumes(root, data_args, capsys):
+    """`tgrow train --plan g_stack`: the model flags are the target (2 layers); the small model has 1."""
+    out = root / "plan-run"
+    argv = ["train", "--plan", "g_stack", "--growth-fraction", "0.5", *TINY_MODEL_ARGS, "--n-layer", "2",
+            *FAST_TRAIN_ARGS, *data_args, "--max-steps", "8", "--out", out]
+    rc, stdout, err = run_main(argv, capsys)
+    assert rc == 0, err
+    assert "done: plan g_stack" in stdout and "grew to L=2" in err
+    result = json.loads((out / "result.json").read_text())
+    assert [s["model"].split()[0] for s in result["record"]["stages"]] == ["L=1", "L=2"]
+    assert result["record"]["events"][0]["operator"] == "depth=stack"
+    assert load_checkpoint(out).model_config.n_layer == 2
+    rc, stdout, err = run_main(argv, capsys)  # the same command again: the finished result, no training
+    assert rc == 0 and "already finished" in err and "done: plan g_stack" in stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--plan", "g_stack"], "--out DIR is required with --plan"),
+    (["--plan", "g_stack", "--out", "X", "--growth-factor", "3"], "depth growth factor 3 must be a positive integer dividing"),
+    (["--plan", "g_stack", "--resume", "X"], "--plan and --resume cannot be combined"),
+])
+def test_bad_plan_runs_are_refused_before_work(extra, message, data_args, tmp_path, capsys):
+    argv = ["train", *TINY_MODEL_ARGS, "--n-layer", "2", *FAST_TRAIN_ARGS, *data_args, "--max-steps", "8",
+            *[str(tmp_path / "out") if a == "X" else a for a in extra]]
+    expect_refusal(argv, capsys, message, tmp_path / "out")

@@ -40,6 +40,7 @@ SCENARIOS = {"ddp": "stack", "fsdp": "insert_zero"}  # strategy -> depth growth 
 # update difference. 1e-4 is still 30x below one Adam step at lr=3e-3: a missed sync or a skipped
 # micro-batch moves parameters by whole steps and fails this (checked by reversing the sync logic).
 LOSS_RTOL, PARAM_ATOL = 1e-5, 1e-4
+MANAGER_BUDGET_TOKENS = 8 * 8 * 16  # 8 steps of the target: 4 steps of the 2-layer model, then 4-layer steps
 JOB_TIMEOUT_S = 240
 DEMO_ARGS = ["--strategy", "fsdp", "--device", "cpu", "--steps-before", "2", "--steps-after", "2", "--seq-len", "32"]
 
@@ -115,6 +116,23 @@ def _scenario(env, strategy: str, out: Path) -> dict:
     return result
 
 
+def _manager(out_dir: Path | None, strategy: str | None = None, env=None):
+    """A g_stack plan (2 -> 4 layers at half the budget, moments carried) run by GrowthManager."""
+    from transformer_grow.train.manager import GrowthManager
+    from transformer_grow.train.plan_builders import PlanOptions
+
+    return GrowthManager(_model_config().replace(n_layer=4), "g_stack", budget_tokens=MANAGER_BUDGET_TOKENS,
+                         train_config=_train_config(), plan_options=PlanOptions(growth_fraction=0.5), n_evals=2,
+                         eval_windows=4, out_dir=out_dir, log=print, strategy=strategy, env=env)
+
+
+def _manager_scenario(env, strategy: str | None, out: Path) -> dict:
+    manager = _manager(None if strategy is None else out / f"manager-{strategy}", strategy, env)
+    record = manager.run(_data()).record
+    return {"curve": [p.val_loss for p in record.curve], "tokens": record.total_tokens, "flops": record.total_flops,
+            "events": [(e["step"], e["operator"]) for e in record.events]}
+
+
 def _single_process_reference(out: Path) -> None:
     """Plain :class:`Trainer` runs (no process group used) of the same scenarios: same global batches,
     growth and seeds. Run by rank 0 of the job, where torchrun has set one thread per process."""
@@ -127,6 +145,7 @@ def _single_process_reference(out: Path) -> None:
         atomic_save_safetensors(out / f"reference-{strategy}.safetensors", trainer.model.state_dict())
         if strategy == "fsdp":
             runs[strategy]["next_loss"] = trainer.train_steps(1)
+    runs["manager"] = _manager_scenario(None, None, out / "reference")
     atomic_write_json(out / "reference.json", runs)
 
 
@@ -139,6 +158,7 @@ def _torchrun_worker(out: str) -> None:
     try:
         with distributed_session(device="cpu") as env:
             results = {strategy: _scenario(env, strategy, out_dir) for strategy in SCENARIOS}
+            results["manager"] = {strategy: _manager_scenario(env, strategy, out_dir) for strategy in SCENARIOS}
             if env.is_main:
                 _single_process_reference(out_dir)
             # The demo's own session reuses this group and leaves it alive; this session ends it.
@@ -234,6 +254,22 @@ def test_growth_run_matches_single_process(job, reference, strategy):
     if strategy == "ddp":  # every replica is the whole model: bitwise identical after the steps
         local = [load_file(out / f"ddp-local-rank{r}.safetensors") for r in range(WORLD)]
         assert _max_diff(local[0], local[1]) == 0.0
+
+
+@pytest.mark.parametrize("strategy", list(SCENARIOS))
+def test_growth_manager_plan_matches_single_process(job, reference, strategy):
+    out, results, output = job
+    ref = reference["manager"]
+    assert len(ref["events"]) == 1 and ref["events"][0][1] == "depth=stack"
+    for rank_result in results:
+        got = rank_result["manager"][strategy]
+        assert got["events"] == ref["events"] and (got["tokens"], got["flops"]) == (ref["tokens"], ref["flops"])
+        np.testing.assert_allclose(got["curve"], ref["curve"], rtol=LOSS_RTOL)
+    result = json.loads((out / f"manager-{strategy}" / "result.json").read_text())  # written by rank 0
+    assert result["record"]["final_val_loss"] == pytest.approx(ref["curve"][-1], rel=LOSS_RTOL)
+    assert load_checkpoint(out / f"manager-{strategy}").model_config.n_layer == 4
+    # One line from the single-process reference and one from rank 0 per strategy: rank 1 is silent.
+    assert output.count("[g_stack] grew to L=4") == 1 + len(SCENARIOS)
 
 
 @pytest.mark.parametrize("strategy", list(SCENARIOS))

@@ -28,6 +28,7 @@ from transformer_grow.model import ModelConfig
 from transformer_grow.train.accounting import FLOPS_FORMULA, account_plan
 from transformer_grow.train.plan_builders import PLAN_NAMES, PlanOptions, build_plan
 from transformer_grow.train.plans import BUDGET_MODES, OPTIMIZER_POLICIES, SCHEDULE_POLICIES
+from transformer_grow.train.timing import GrowthTimingWarning
 
 
 def _fractions(text: str) -> list[float]:
@@ -139,20 +140,32 @@ def run_plan_from_args(args: argparse.Namespace) -> int:
     """
     from transformer_grow.cli.common import build_run_setup
     from transformer_grow.data import prepare_data
+    from transformer_grow.train.distributed import main_rank_first
     from transformer_grow.train.manager import GrowthManager
 
+    require(getattr(args, "out", None) is not None, "--out DIR is required with --plan (the run directory)")
     setup = build_run_setup(args)
     train = setup.train
-    require(getattr(args, "out", None) is not None, "--out DIR is required with --plan (the run directory)")
     seq_len = setup.model.seq_len
     budget = train.max_tokens if train.max_tokens is not None else train.max_steps * train.batch_size * seq_len
     options = plan_options_from_args(args)
-    build_plan(args.plan, setup.model, budget, options)  # refuse a bad plan before preparing data
-    data = prepare_data(setup.data, progress=not getattr(args, "no_progress", False))
+    with warnings.catch_warnings(record=True) as caught:  # refuse a bad plan before preparing data
+        warnings.simplefilter("always", GrowthTimingWarning)
+        build_plan(args.plan, setup.model, budget, options)
+    env = getattr(args, "dist_env", None)
+    main = env is None or env.is_main
+    for warning in caught if main else ():
+        print(f"warning: {warning.message}", file=sys.stderr)
+    with main_rank_first(env):  # under torchrun, rank 0 fills the token cache first
+        data = prepare_data(setup.data, progress=not getattr(args, "no_progress", False) and main)
     target = setup.model_for(data)
-    manager = GrowthManager(target, args.plan, budget_tokens=budget, train_config=train, plan_options=options,
-                            out_dir=args.out, data_config=setup.data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GrowthTimingWarning)  # already shown
+        manager = GrowthManager(target, args.plan, budget_tokens=budget, train_config=train, plan_options=options,
+                                out_dir=args.out, data_config=setup.data, strategy=getattr(args, "strategy", None),
+                                env=env)
     record = manager.run(data).record
-    print(f"done: plan {args.plan}, final val_loss {record.final_val_loss:.4f}, {record.total_tokens:,} tokens, "
-          f"{record.total_flops:.4g} FLOPs, wall {record.wall_seconds:.1f}s; result in {args.out}/result.json")
+    if main:
+        print(f"done: plan {args.plan}, final val_loss {record.final_val_loss:.4f}, {record.total_tokens:,} tokens, "
+              f"{record.total_flops:.4g} FLOPs, wall {record.wall_seconds:.1f}s; result in {args.out}/result.json")
     return 0

@@ -3,9 +3,13 @@
     tgrow train --preset micro --max-steps 300 --out runs/micro
     tgrow train --config run.yaml --lr 1e-3 --out runs/a
     tgrow train --resume runs/micro --max-steps 600
+    tgrow train --plan g_stack --preset tiny --max-tokens 2M --out runs/grown   # train small, grow, train on
 
 The run directory receives ``config.json`` (the resolved settings), ``metrics.jsonl`` and the latest
-checkpoint in ``checkpoint/``. A final line summarises the run.
+checkpoint in ``checkpoint/``. A final line summarises the run. With ``--plan`` the model settings
+describe the *target* and the budget (``--max-tokens``, or ``--max-steps`` times the batch) is the
+from-scratch baseline's; the plan's stages are trained by :class:`~transformer_grow.train.GrowthManager`
+(evaluation at fixed FLOP intervals, ``result.json``); rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from transformer_grow.cli.common import (
     flag_values,
     load_config_file,
 )
+from transformer_grow.cli.plan import add_plan_options, run_plan_from_args
 from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.io import atomic_write_json
@@ -66,6 +71,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_model_options(parser)
     add_train_options(parser)
     add_data_options(parser)
+    add_plan_options(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -146,4 +152,8 @@ def _run_resume(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     with maybe_distributed_session(args.strategy, args.device or "auto") as env:
         args.dist_env = env
+        if args.plan is not None:
+            require(args.resume is None, "--plan and --resume cannot be combined; a plan run resumes when the same "
+                                         "command (same --out) is run again")
+            return run_plan_from_args(args)
         return _run_resume(args) if args.resume else _run_new(args)

@@ -16,6 +16,11 @@ Validation runs every ``budget / n_evals`` (FLOPs or tokens, per ``budget_mode``
 windows of the target's context length, for every run. Wall-clock time counts the training steps
 and the growth operations, not evaluation or checkpointing.
 
+Under ``torchrun`` (``strategy="ddp"`` or ``"fsdp"``) every rank runs the manager with the same
+arguments: the trainer is a :class:`~transformer_grow.train.distributed.DistributedTrainer`, growth
+releases the wrapper and wraps the grown model anew (:func:`~transformer_grow.train.distributed.grow_trainer`),
+and only rank 0 logs and writes files.
+
 With ``out_dir`` the run is resumable: the trainer checkpoint (written after every evaluation)
 carries the manager's state, and a finished run writes ``result.json``; calling :meth:`run` again
 returns that result without training, or continues from the last checkpoint.
@@ -35,7 +40,7 @@ from typing import Any
 
 import torch
 
-from transformer_grow.errors import ConfigError, require
+from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.io import atomic_write_json, read_json
 from transformer_grow.train.accounting import (
     FLOPS_FORMULA,
@@ -49,6 +54,8 @@ from transformer_grow.train.budget_schedule import BudgetSchedule, evaluate_fixe
 from transformer_grow.train.checkpoint import resolve_checkpoint_dir
 from transformer_grow.train.compare_report import EvalPoint, RunRecord
 from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.dist_env import check_batch_split
+from transformer_grow.train.distributed import STRATEGIES, DistEnv, grow_trainer, make_trainer, resume_trainer
 from transformer_grow.train.growth_trigger import trigger_fires
 from transformer_grow.train.plan_builders import PlanOptions, build_plan
 from transformer_grow.train.plans import FIXED_FIELDS, GROWABLE_FIELDS, GrowthPlan, describe_config
@@ -110,13 +117,21 @@ class GrowthManager:
         name: the run's name in reports (default: the plan's name).
         log: where progress lines go (default: stderr); ``None`` silences them.
         data_config: recorded in checkpoints (so ``tgrow eval``/``sample`` can rebuild the data).
+        strategy: ``None`` (one process), ``"ddp"`` or ``"fsdp"`` (under ``torchrun``; every rank
+            runs the manager; ``batch_size`` is the global batch).
+        env: the process group's :class:`~transformer_grow.train.dist_env.DistEnv` (default: the
+            initialised one).
     """
 
     def __init__(self, target, plan: str | GrowthPlan = "g_stack", budget_tokens: int | None = None,
                  train_config: TrainConfig | None = None, plan_options: PlanOptions | None = None,
                  n_evals: int = 20, eval_windows: int = 32, out_dir: str | Path | None = None,
                  name: str | None = None, log: Callable[[str], None] | None = log_to_stderr,
-                 data_config=None):
+                 data_config=None, strategy: str | None = None, env: DistEnv | None = None):
+        strategy = None if strategy in (None, "none") else strategy
+        if strategy is not None:
+            choice("strategy", strategy, STRATEGIES)
+            env = env or DistEnv.current()
         if isinstance(plan, str):
             require(budget_tokens is not None, f"plan={plan!r} needs budget_tokens (the baseline's token budget)")
             plan = build_plan(plan, target, budget_tokens, plan_options)
@@ -133,13 +148,18 @@ class GrowthManager:
             require(stage.batch_size % self.train_config.grad_accum == 0,
                     f"{stage.name}: batch of {stage.batch_size} sequences is not divisible by "
                     f"grad_accum={self.train_config.grad_accum}")
+        if strategy is not None:  # every stage's batch must split over the ranks, checked before training
+            for stage in self.account.stages:
+                check_batch_split(stage.batch_size, self.train_config.grad_accum, env.world_size)
         check_growth_events(plan)
         self.budget = self.account.budget
         self.n_evals = n_evals
         self.eval_windows = eval_windows
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.name = name or plan.name
-        self.log = log
+        self.strategy, self.env = strategy, env
+        self.is_main = env is None or env.is_main
+        self.log = log if self.is_main else None
         self.data_config = data_config
         self.trainer: Trainer | None = None
         self.state: dict[str, Any] = {}
@@ -244,7 +264,8 @@ class GrowthManager:
             except (ConfigError, FileNotFoundError):
                 checkpoint = None
         if checkpoint is not None:
-            trainer = Trainer.resume(checkpoint, data, out_dir=self.out_dir, data_config=self.data_config)
+            trainer = resume_trainer(checkpoint, data, strategy=self.strategy, env=self.env, out_dir=self.out_dir,
+                                     data_config=self.data_config)
             state = trainer.extra_state.get(STATE_KEY)
             if state is None or state.get("fingerprint") != fingerprint:
                 raise ConfigError(f"{str(self.out_dir)!r} holds a checkpoint of a run with other settings; use "
@@ -253,8 +274,8 @@ class GrowthManager:
             self._say(f"resuming at step {trainer.step} (stage {state['stage'] + 1}/{len(self.plan.stages)})")
         else:
             first = self.plan.stages[0]
-            self.trainer = Trainer(first.model, self._stage_train_config(0), data, out_dir=self.out_dir,
-                                   data_config=self.data_config)
+            self.trainer = make_trainer(first.model, self._stage_train_config(0), data, strategy=self.strategy,
+                                        env=self.env, out_dir=self.out_dir, data_config=self.data_config)
             self.state = {"fingerprint": fingerprint, "stage": 0, "curve": [], "events": [], "stages": [],
                           "next_eval": 0, "stage_start": self._counters(),
                           "stage_end_step": self._stage_end_step(0),
@@ -348,9 +369,6 @@ class GrowthManager:
 
     # ----------------------------------------------------------------- growth
     def _grow(self) -> None:
-        from transformer_grow.grow import grow, grow_optimizer_state
-        from transformer_grow.train.optim import optimizer_state_by_name
-
         t, index = self.trainer, self.state["stage"]
         new_stage = self.plan.stages[index + 1]
         event = new_stage.growth
@@ -358,18 +376,20 @@ class GrowthManager:
         loss_before = self.state["curve"][-1]["val_loss"] if self.state["curve"][-1]["step"] == t.step \
             else evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device)
         start = time.perf_counter()
-        result = grow(t.model, new_stage.model, event.method, seed=self.train_config.seed + 1000 * (index + 1),
-                      **event.options)
+        old_config = t.config
+        t.config = t.config.replace(batch_size=stage_batch_size(new_stage.model, self.tokens_per_step))
+        try:  # grow_trainer releases a DDP/FSDP wrapper first and wraps the grown model anew
+            result = grow_trainer(t, new_stage.model, event.method, optimizer=event.optimizer,
+                                  rewarmup_steps=event.rewarmup_steps,
+                                  seed=self.train_config.seed + 1000 * (index + 1), **event.options)
+        except BaseException:
+            t.config = old_config
+            raise
         new_config = result.model.config
         for name in FIXED_FIELDS + GROWABLE_FIELDS:
             require(getattr(new_config, name) == getattr(new_stage.model, name),
                     f"growth by {event.method} produced {name}={getattr(new_config, name)}, the plan's stage "
                     f"wants {getattr(new_stage.model, name)}")
-        state = None
-        if event.optimizer == "carry":
-            state = grow_optimizer_state(optimizer_state_by_name(t.model, t.optimizer), result.param_map)
-        t.config = t.config.replace(batch_size=stage_batch_size(new_config, self.tokens_per_step))
-        t.replace_model(result.model, state, rewarmup_steps=event.rewarmup_steps)
         t.wall_seconds += time.perf_counter() - start
         if event.schedule == "restart":
             self.state["schedule"] = {"start_step": t.step, "start_spent": self._spent(), "restart": True}
@@ -417,6 +437,7 @@ class GrowthManager:
                            stages=self.state["stages"], events=self.state["events"], notes=notes)
         if self.out_dir is not None:
             self._checkpoint()
+        if self.out_dir is not None and self.is_main:
             atomic_write_json(self.out_dir / RESULT_FILENAME, {
                 "fingerprint": self.state["fingerprint"], "record": record.to_dict(),
                 "plan": self.plan.to_dict(), "account": self.account.to_dict(), "flops_formula": FLOPS_FORMULA})
