@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         record = run(name, plan, options)
         s = speedup(base.curve, record.curve)
         equal = loss_at(record.curve, min(base.curve[-1].flops, record.curve[-1].flops))
-        fmt = lambda v: "None" if v is None else f"{v:.2f}"
+
+        def fmt(v: float | None) -> str:
+            return "None" if v is None else f"{v:.2f}"
+
         print(f"{name:<22} {plan:<12} {record.final_val_loss:>7.4f} {fmt(equal):>8} {fmt(s['flops']):>8} "
               f"{fmt(s['wall_clock']):>7} {fmt(s['tokens']):>8}  {json.dumps(changes)}", flush=True)
         rows.append({"variant": name, "plan": plan, "options": changes, "final_val_loss": record.final_val_loss,

@@ -336,8 +336,8 @@ def report(s: BenchSettings, contenders: dict[str, Contender], peaks: list[float
             ratio = statistics.median(counted(c, c.tokens_per_s)) / statistics.median(counted(hf, hf.tokens_per_s))
             paired = counted(c, [a / b for a, b in zip(c.tokens_per_s, hf.tokens_per_s)])
             cpu_ratio = statistics.median(c.tokens_per_cpu_s) / statistics.median(hf.tokens_per_cpu_s)
-            print(f"ratio {c.name} / hf-gpt2: {ratio:.2f}x (median of per-round ratios {statistics.median(paired):.2f}x; "
-                  f"by tok/cpu-s {cpu_ratio:.2f}x)")
+            print(f"ratio {c.name} / hf-gpt2: {ratio:.2f}x "
+                  f"(median of per-round ratios {statistics.median(paired):.2f}x; by tok/cpu-s {cpu_ratio:.2f}x)")
             summary["ratios"][f"{c.name}/hf-gpt2"] = ratio
             summary["ratios"][f"{c.name}/hf-gpt2 by cpu time"] = cpu_ratio
     print(f"load average after: {load_average()}")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_train_helpers import FAST_TRAIN_ARGS, TINY_MODEL_ARGS, cli_data_args
+from test_train_helpers import FAST_TRAIN_ARGS, TINY_MODEL_ARGS, cli_data_args, train_tiny_run
 
 from transformer_grow.cli.main import build_parser, main
 from transformer_grow.train import load_checkpoint, read_metrics
@@ -26,11 +26,7 @@ def data_args(root):
 @pytest.fixture(scope="module")
 def trained_run(root, data_args):
     """A 6-step run of a 1-layer width-32 model; its directory."""
-    out = root / "run"
-    rc = main(["train", *TINY_MODEL_ARGS, *FAST_TRAIN_ARGS, *data_args, "--max-steps", "6", "--log-interval", "2",
-               "--out", str(out)])
-    assert rc == 0
-    return out
+    return train_tiny_run(root / "run", data_args, 6, "--log-interval", "2")
 
 
 def run_main(argv, capsys):
@@ -174,7 +170,8 @@ def test_every_option_is_documented():
     train_flags = {f for a in commands["train"]._actions for f in a.option_strings}
     assert {"--preset", "--config", "--out", "--resume", "--max-steps", "--max-tokens", "--corpus", "--tokenizer",
             "--vocab-size", "--cache-dir", "--n-layer", "--d-model", "--n-head", "--n-kv-head", "--head-dim",
-            "--d-ff", "--seq-len", "--norm", "--pos", "--mlp", "--tie", "--no-tie", "--bias", "--dropout"} <= train_flags
+            "--d-ff", "--seq-len", "--norm", "--pos", "--mlp", "--tie", "--no-tie", "--bias",
+            "--dropout"} <= train_flags
     sample_flags = {f for a in commands["sample"]._actions for f in a.option_strings}
     assert {"--prompt", "--max-new-tokens", "--temperature", "--top-k", "--seed"} <= sample_flags
 
@@ -221,7 +218,8 @@ def test_train_with_a_plan_grows_and_resumes(root, data_args, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--plan", "g_stack"], "--out DIR is required with --plan"),
-    (["--plan", "g_stack", "--out", "X", "--growth-factor", "3"], "depth growth factor 3 must be a positive integer dividing"),
+    (["--plan", "g_stack", "--out", "X", "--growth-factor", "3"],
+     "depth growth factor 3 must be a positive integer dividing"),
     (["--plan", "g_stack", "--resume", "X"], "--plan and --resume cannot be combined"),
 ])
 def test_bad_plan_runs_are_refused_before_work(extra, message, data_args, tmp_path, capsys):

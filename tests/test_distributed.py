@@ -1,9 +1,9 @@
 """Distributed training and growth: 2 CPU processes (gloo) under DDP and FSDP2, against one process.
 
-One job under the real launcher (`torchrun --standalone --nproc_per_node 2 tests/test_distributed.py`) runs every distributed
-scenario and leaves its results in files; the tests below check them against a single-process run
-of the same global batches. Tolerances: per-step training loss within 1e-5 relative, parameters
-within 1e-5 absolute (different float summation order of the batch mean; Adam's update is bounded
+One job under the real launcher (`torchrun --standalone --nproc_per_node 2 tests/test_distributed.py`) runs
+every distributed scenario and leaves its results in files; the tests below check them against a
+single-process run of the same global batches. Tolerances: per-step training loss within 1e-5 relative,
+parameters within 1e-5 absolute (different float summation order of the batch mean; Adam's update is bounded
 by the learning rate). DDP replicas must be bitwise identical across ranks.
 """
 
@@ -99,7 +99,8 @@ def _scenario(env, strategy: str, out: Path) -> dict:
     result["n_layer_after_failed_growth"] = trainer.model.config.n_layer
     refusals = {}
     for what, attempt in (("ensure_unwrapped", lambda: ensure_unwrapped(trainer.model)),
-                          ("grow_wrapped", lambda: grow(trainer.dist_model.module, _model_config().replace(n_layer=8)))):
+                          ("grow_wrapped",
+                           lambda: grow(trainer.dist_model.module, _model_config().replace(n_layer=8)))):
         try:
             attempt()
             refusals[what] = "not refused"

@@ -8,9 +8,8 @@ import pytest
 import torch
 from grow_fixtures import single_thread  # noqa: F401
 from test_cli_train import run_main
-from test_train_helpers import FAST_TRAIN_ARGS, TINY_MODEL_ARGS, cli_data_args
+from test_train_helpers import cli_data_args, train_tiny_run
 
-from transformer_grow.cli.main import main
 from transformer_grow.train import load_checkpoint
 
 
@@ -27,12 +26,7 @@ def data_args(root):
 @pytest.fixture(scope="module")
 def run_dir(root, data_args):
     """A 6-step run of a 1-layer, width-32 model on bytes."""
-    out = root / "run"
-    assert (
-        main(["train", *TINY_MODEL_ARGS, *FAST_TRAIN_ARGS, *data_args, "--max-steps", "6", "--out", str(out)])
-        == 0
-    )
-    return out
+    return train_tiny_run(root / "run", data_args)
 
 
 def test_grow_writes_report_and_a_checkpoint_that_trains_on(root, run_dir, tmp_path, capsys):

@@ -27,7 +27,8 @@ def _run(cfg: ModelConfig, fast: bool, monkeypatch, targets_fn=lambda y: y, logi
 @pytest.mark.parametrize("case", ["plain", "ignored", "logits_loss"])
 def test_fast_paths_match_plain_ops(monkeypatch, arch, case):
     cfg = ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=97, seq_len=12, **arch)
-    kw = {"targets_fn": lambda y: y.masked_fill(torch.arange(y.numel()).view_as(y) % 3 == 0, -1)} if case == "ignored" else {}
+    kw = ({"targets_fn": lambda y: y.masked_fill(torch.arange(y.numel()).view_as(y) % 3 == 0, -1)}
+          if case == "ignored" else {})
     kw["logits_loss"] = case == "logits_loss"
     fast, fast_grads = _run(cfg, True, monkeypatch, **kw)
     plain, plain_grads = _run(cfg, False, monkeypatch, **kw)

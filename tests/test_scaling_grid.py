@@ -68,8 +68,9 @@ def test_run_grid_resumes_and_skips_finished_runs(tmp_path):
 
 def test_run_grid_refuses_an_incomplete_result(tmp_path):
     with pytest.raises(ConfigError, match="lacks flops"):
-        run_grid(GridSpec.quick(), tmp_path / "r.jsonl", lambda run: {"n_params_nonembedding": 1, "n_params": 1,
-                                                                        "tokens": 1, "final_val_loss": 1}, log=None)  # fmt: skip
+        run_grid(GridSpec.quick(), tmp_path / "r.jsonl",
+                 lambda run: {"n_params_nonembedding": 1, "n_params": 1, "tokens": 1, "final_val_loss": 1},
+                 log=None)
     assert read_results(tmp_path / "r.jsonl") == []
 
 

@@ -116,7 +116,8 @@ def test_estimate_prints_per_run_and_total_times(grid, data_args, capsys):
 
 
 def test_estimate_adds_stage_times_and_evaluations():
-    spec = GridSpec(name="t", models=((2, 32),), tokens=(2048,), seq_len=32, vocab_size=256, plans=("scratch", "g_stack"),
+    spec = GridSpec(name="t", models=((2, 32),), tokens=(2048,), seq_len=32, vocab_size=256,
+                    plans=("scratch", "g_stack"),
                     training=GridTraining(batch_size=4, n_evals=4, device="cpu"))  # fmt: skip
     runner = GridRunner(spec, None, "unused.jsonl")
 
@@ -174,7 +175,8 @@ def test_early_stop_ends_a_run_that_cannot_beat_the_best_known_loss(root, data_a
     assert first["early_stopped"] is False  # nothing to compare with yet
     # a run of another size (its record's settings) that reached loss 0.5 at every token count
     reference = {"run_id": "reference", "plan": "scratch", "settings_key": first["settings_key"],
-                 "val_curve": [{"step": 1, "tokens": 1, "val_loss": 0.5}, {"step": 2, "tokens": 10**6, "val_loss": 0.5}]}
+                 "val_curve": [{"step": 1, "tokens": 1, "val_loss": 0.5},
+                               {"step": 2, "tokens": 10**6, "val_loss": 0.5}]}
     with open(out / "results.jsonl", "a") as f:
         f.write(json.dumps(reference) + "\n")
     rc, stdout, err = run_cli(argv, capsys)
@@ -213,7 +215,8 @@ def test_bad_input_is_refused_before_any_work(root, argv, message, capsys):
 
 
 def test_cli_module_imports_no_torch():
-    code = "import sys, transformer_grow.cli.scaling; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    code = ("import sys, transformer_grow.cli.scaling; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

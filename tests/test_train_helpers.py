@@ -57,3 +57,13 @@ def cli_data_args(root: Path) -> list[str]:
 TINY_MODEL_ARGS = ["--preset", "micro", "--n-layer", "1", "--d-model", "32", "--seq-len", "32"]
 FAST_TRAIN_ARGS = ["--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "2", "--eval-windows", "4",
                    "--device", "cpu", "--dtype", "fp32", "--no-progress"]
+
+
+def train_tiny_run(out: Path, data_args: list[str], steps: int = 6, *extra: str) -> Path:
+    """`tgrow train` of the 1-layer, width-32 model for ``steps`` steps into ``out``; returns ``out``."""
+    from transformer_grow.cli.main import main
+
+    rc = main(["train", *TINY_MODEL_ARGS, *FAST_TRAIN_ARGS, *data_args, "--max-steps", str(steps), *extra,
+               "--out", str(out)])
+    assert rc == 0
+    return out

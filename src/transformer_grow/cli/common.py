@@ -56,7 +56,8 @@ _DATA_DEFAULTS = _field_defaults(DataConfig)
 MODEL_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--n-layer", "n_layer", {"type": int, "help": "number of Transformer blocks"}),
     ("--d-model", "d_model", {"type": int, "help": "residual stream width"}),
-    ("--n-head", "n_head", {"type": int, "help": "attention (query) heads; must divide d_model unless --head-dim is set"}),
+    ("--n-head", "n_head", {"type": int, "help": "attention (query) heads; must divide d_model unless "
+                                                "--head-dim is set"}),
     ("--n-kv-head", "n_kv_head", {"type": int, "help": "key/value heads (< n_head: grouped-query attention); "
                                                       "default n_head"}),
     ("--head-dim", "head_dim", {"type": int, "help": "width of one attention head; default d_model / n_head"}),

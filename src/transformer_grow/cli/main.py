@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"transformer_grow.cli.{name}")
-        except ModuleNotFoundError as e:  # a sub-command still being written
-            if e.name == f"transformer_grow.cli.{name}":
-                continue
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(f"transformer_grow.cli.{name}").add_parser(subparsers)
     return parser
 
 

@@ -35,7 +35,8 @@ def _fractions(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fractions (e.g. 0.1,0.2)")
+        message = f"{text!r} is not a comma-separated list of fractions (e.g. 0.1,0.2)"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def add_plan_options(parser: argparse.ArgumentParser, with_plan: bool = True) -> None:

@@ -55,7 +55,9 @@ def _prompt_ids(args: argparse.Namespace, tokenizer, vocab_size: int) -> list[in
         try:
             ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
         except ValueError:
-            raise ConfigError(f"--prompt-ids={args.prompt_ids!r} is not allowed; give comma-separated integers") from None
+            raise ConfigError(
+                f"--prompt-ids={args.prompt_ids!r} is not allowed; give comma-separated integers"
+            ) from None
     else:
         if tokenizer is None:
             raise ConfigError("this checkpoint's data has no tokenizer (pre-tokenized corpus); give --prompt-ids")

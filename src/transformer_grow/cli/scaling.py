@@ -51,7 +51,8 @@ def _add_fit(sub) -> None:
     p.add_argument("file", metavar="FILE", help="results JSONL (one run per line) or CSV with a header row")
     p.add_argument("--format", default="auto", choices=("auto", "jsonl", "csv"),
                    help="input format (default: from the extension: .jsonl/.json or .csv)")
-    p.add_argument("--n-col", default=None, help="column holding the parameter count N (default: n_params_nonembedding)")
+    p.add_argument("--n-col", default=None,
+                   help="column holding the parameter count N (default: n_params_nonembedding)")
     p.add_argument("--d-col", default=None, help="column holding the training tokens D (default: tokens)")
     p.add_argument("--c-col", default=None, help="column holding the training compute C in FLOPs; without --d-col, "
                                                  "D = C / (6 N) (default: flops when present, else C = 6 N D)")
@@ -140,13 +141,15 @@ def _grid_options(p, command: str) -> None:
                              ("--device", str, "auto, cpu, cuda or mps"), ("--dtype", str, "auto, fp32 or bf16")):
         t.add_argument(flag, type=kind, default=None, help=text)
     d = p.add_argument_group("data (as in tgrow train)")
-    d.add_argument("--corpus", default=None, help="'stdlib' (default), a text file or directory, a token file or hf:NAME")
+    d.add_argument("--corpus", default=None,
+                   help="'stdlib' (default), a text file or directory, a token file or hf:NAME")
     d.add_argument("--tokenizer", default=None, help="bpe or bytes (default: bytes for quick, bpe for dev and full)")
     d.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default: 8192)")
     d.add_argument("--cache-dir", default=None, help="tokenizer and token cache (default: $TGROW_CACHE or "
                                                      "~/.cache/transformer_grow)")
     g = p.add_argument_group("growth plans (as in tgrow plan)")
-    for flag, kind, text in (("--budget-mode", str, "flops (default: growth runs spend the scratch run's FLOPs) or tokens"),
+    for flag, kind, text in (("--budget-mode", str,
+                              "flops (default: growth runs spend the scratch run's FLOPs) or tokens"),
                              ("--growth-factor", int, "g_stack: the small model has n_layer / g layers (default 2)"),
                              ("--growth-fraction", float, "grow after this fraction of the budget's tokens"),
                              ("--max-growth-fraction", float, "clamp G_stack's timing to this fraction"),
@@ -202,7 +205,8 @@ def _fit_options(args):
                                                         f"--predict-d {len(args.predict_d)}; give one D per N")
     require(args.huber_delta > 0, f"--huber-delta {args.huber_delta} must be > 0")
     grid = ChinchillaConfig if args.init_grid == "full" else ChinchillaConfig.reduced
-    return FitOptions(chinchilla=grid(huber_delta=args.huber_delta), power_law=PowerLawConfig(huber_delta=args.huber_delta),
+    return FitOptions(chinchilla=grid(huber_delta=args.huber_delta),
+                      power_law=PowerLawConfig(huber_delta=args.huber_delta),
                       n_bootstrap=args.bootstrap, level=args.level, seed=args.seed, isoflop_rtol=args.isoflop_rtol,
                       leave_one_out=not args.no_loo, predict_points=tuple(zip(args.predict_n, args.predict_d)),
                       predict_flops=tuple(args.predict_c))

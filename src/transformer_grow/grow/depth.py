@@ -191,40 +191,27 @@ def _n_layer(model: nn.Module, run: dict) -> int:
     return (run.get("adapter") or adapter_for(model)).config(model).n_layer
 
 
+def _by_factor(model: nn.Module, method: str, layout_fn, factor, noise: str, noise_std: float,
+               run: dict) -> GrowthResult:
+    """A copying depth operator whose layout is ``layout_fn(n_layer, factor)``."""
+    require(isinstance(factor, int) and factor >= 2, f"{method} factor={factor!r} must be an integer >= 2")
+    layout = layout_fn(_n_layer(model, run), factor)
+    return run_operator(model, depth_plan, layout=layout, method=method, noise=noise, noise_std=noise_std,
+                        options={"factor": factor}, **run)
+
+
 def stack(
     model: nn.Module, factor: int = 2, *, noise: str = "none", noise_std: float = 1e-3, **run
 ) -> GrowthResult:
     """G_stack (Du et al. 2024): every block repeated ``factor`` times in place (L0 L0 L1 L1 ...)."""
-    require(isinstance(factor, int) and factor >= 2, f"stack factor={factor!r} must be an integer >= 2")
-    layout = stack_layout(_n_layer(model, run), factor)
-    return run_operator(
-        model,
-        depth_plan,
-        layout=layout,
-        method="stack",
-        noise=noise,
-        noise_std=noise_std,
-        options={"factor": factor},
-        **run,
-    )
+    return _by_factor(model, "stack", stack_layout, factor, noise, noise_std, run)
 
 
 def repeat(
     model: nn.Module, factor: int = 2, *, noise: str = "none", noise_std: float = 1e-3, **run
 ) -> GrowthResult:
     """The whole stack repeated ``factor`` times, L0..Ln L0..Ln (progressive stacking, Gong et al. 2019)."""
-    require(isinstance(factor, int) and factor >= 2, f"repeat factor={factor!r} must be an integer >= 2")
-    layout = repeat_layout(_n_layer(model, run), factor)
-    return run_operator(
-        model,
-        depth_plan,
-        layout=layout,
-        method="repeat",
-        noise=noise,
-        noise_std=noise_std,
-        options={"factor": factor},
-        **run,
-    )
+    return _by_factor(model, "repeat", repeat_layout, factor, noise, noise_std, run)
 
 
 def interleave(
@@ -232,18 +219,7 @@ def interleave(
 ) -> GrowthResult:
     """Each block followed by ``factor - 1`` copies carrying seeded plain noise (L0 L0~ L1 L1~ ...):
     G_stack's layout (Du et al. 2024) with symmetry-breaking noise on the copies."""
-    require(isinstance(factor, int) and factor >= 2, f"interleave factor={factor!r} must be an integer >= 2")
-    layout = stack_layout(_n_layer(model, run), factor)
-    return run_operator(
-        model,
-        depth_plan,
-        layout=layout,
-        method="interleave",
-        noise=noise,
-        noise_std=noise_std,
-        options={"factor": factor},
-        **run,
-    )
+    return _by_factor(model, "interleave", stack_layout, factor, noise, noise_std, run)
 
 
 def insert_zero(

@@ -122,7 +122,7 @@ def plan_steps(
             f"target {name}={getattr(target, name)} is smaller than the model's {getattr(source, name)}: "
             "growth does not shrink",
         )
-    for name, value in options.items():
+    for name in options:
         require(name in OPTIONS, f"unknown growth option {name!r}; allowed: {', '.join(sorted(OPTIONS))}")
     steps, cur = [], source
 

@@ -221,7 +221,10 @@ LIST_KINDS: dict[str, tuple[Callable[[str], Any], str]] = {
 
 
 def parse_list(text: str, flag: str, kind: str) -> tuple:
-    """A comma-separated flag value as a tuple of ``kind`` (``counts``, ``sizes``, ``integers``, ``numbers``, ``names``)."""
+    """A comma-separated flag value as a tuple of ``kind``.
+
+    ``kind`` is one of ``counts``, ``sizes``, ``integers``, ``numbers``, ``names``.
+    """
     parse, example = LIST_KINDS[kind]
     items = [item.strip() for item in text.split(",") if item.strip()]
     require(items, f"{flag} {text!r} lists nothing")
@@ -232,7 +235,10 @@ def parse_list(text: str, flag: str, kind: str) -> tuple:
 
 
 def resolve_results_path(out: str | Path) -> Path:
-    """``--out``: a ``.jsonl``/``.json`` path is the results file; anything else a directory holding ``results.jsonl``."""
+    """``--out``: a ``.jsonl``/``.json`` path is the results file.
+
+    Anything else is a directory holding ``results.jsonl``.
+    """
     path = Path(out)
     if path.suffix.lower() in (".jsonl", ".json") and not path.is_dir():
         return path
@@ -365,7 +371,8 @@ def select_records(
                      "tokens (extrapolated, not measured)")
     elif stopped:
         records = [r for r in records if not r.get("early_stopped")]
-        notes.append(f"left out {len(stopped)} early-stopped run(s) ({', '.join(str(r.get('run_id')) for r in stopped)});"
+        stopped_ids = ", ".join(str(r.get("run_id")) for r in stopped)
+        notes.append(f"left out {len(stopped)} early-stopped run(s) ({stopped_ids});"
                      " --include-early-stopped uses their predicted final loss")
     return records, notes
 

@@ -175,7 +175,7 @@ class GridRunner:
                 self._manager(run, plan, train_config)
                 caught_by_plan.setdefault(run.plan, []).extend(f"{run.run_id}: {m}" for m in caught)
         notes = []
-        for plan, caught in caught_by_plan.items():
+        for caught in caught_by_plan.values():
             if caught:
                 more = f" (and {len(caught) - 1} more run(s) like it)" if len(caught) > 1 else ""
                 notes.append(caught[0] + more)

@@ -150,7 +150,8 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{str(ckpt_dir / STATE_FILE)!r} is not a readable checkpoint state file: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ConfigError(f"{str(ckpt_dir)!r} is not a transformer_grow checkpoint (state.json has no format tag {FORMAT!r})")
+        raise ConfigError(f"{str(ckpt_dir)!r} is not a transformer_grow checkpoint "
+                          f"(state.json has no format tag {FORMAT!r})")
     if meta.get("version", 0) > FORMAT_VERSION:
         raise ConfigError(f"{str(ckpt_dir)!r} has checkpoint format version {meta['version']}; this library reads "
                           f"versions up to {FORMAT_VERSION}")

@@ -213,7 +213,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
         for event in run.get("events", []):
             lines.append(f"- growth at step {event.get('step')}: {event.get('description', '')}")
         lines.append("")
-    lines += [f"![validation loss against FLOPs]({PLOTS['flops'][0]})",
+    lines += ["Plots (dotted vertical lines: growth events, in the run's colour):", "",
+              f"![validation loss against FLOPs]({PLOTS['flops'][0]})",
               f"![validation loss against wall-clock time]({PLOTS['wall_seconds'][0]})", ""]
     return "\n".join(lines)
 
@@ -235,8 +236,11 @@ def plot_curves(report: dict[str, Any], axis: str, path: str | Path) -> Path:
     ax = fig.subplots()
     for run in report["runs"]:
         style = "--" if run["name"] == report["baseline"] else "-"
-        ax.plot([p[axis] for p in run["curve"]], [p["val_loss"] for p in run["curve"]], style, marker=".",
-                label=run["name"])
+        (line,) = ax.plot([p[axis] for p in run["curve"]], [p["val_loss"] for p in run["curve"]], style, marker=".",
+                          label=run["name"])
+        for event in run.get("events", []):  # growth events: a faint vertical line in the run's colour
+            if event.get(axis) is not None:
+                ax.axvline(event[axis], color=line.get_color(), linewidth=0.8, linestyle=":", alpha=0.7)
     ax.axhline(report["target_loss"], color="gray", linewidth=0.8, linestyle=":", label="baseline final loss")
     finite = [p["val_loss"] for r in report["runs"] for p in r["curve"] if math.isfinite(p["val_loss"])]
     if finite:  # the first evaluations (near ln V) would squash the interesting part

@@ -400,7 +400,8 @@ class GrowthManager:
         loss_after = evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device)
         report = result.report
         self.state["events"].append({
-            "step": t.step, "tokens": t.tokens, "flops": t.flops, "from_stage": index, "to_stage": index + 1,
+            "step": t.step, "tokens": t.tokens, "flops": t.flops, "wall_seconds": t.wall_seconds,
+            "from_stage": index, "to_stage": index + 1,
             "operator": report.method, "kind": report.kind, "optimizer": event.optimizer,
             "rewarmup_steps": event.rewarmup_steps, "schedule": event.schedule,
             "val_loss_before": loss_before, "val_loss_after": loss_after,

@@ -217,7 +217,7 @@ class GrowthPlan:
             from transformer_grow.train.accounting import flops_per_token
         budget = self.budget_amount(flops_per_token)
         early = 0.0
-        for i, stage in enumerate(self.stages[:-1]):
+        for stage in self.stages[:-1]:
             if stage.trigger is not None:
                 share = stage.trigger.max_fraction * budget  # the latest the trigger can fire
             else:
