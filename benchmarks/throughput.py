@@ -50,7 +50,7 @@ from transformer_grow.train.optim import build_optimizer
 # "ours-gpt2-unfused" is an ablation: our GPT-2-style model without the fused head + loss.
 MODELS = ("ours-gpt2", "hf-gpt2", "ours-llama", "ours-gpt2-unfused")
 DEFAULT_MODELS = ("ours-gpt2", "hf-gpt2", "ours-llama")
-OPTIMIZERS = ("trainer", "fused")
+OPTIMIZERS = ("trainer", "foreach")
 
 
 @dataclass
@@ -70,7 +70,7 @@ class BenchSettings:
     min_cpu_share: float = 0.9
     threads: int = 0  # 0: keep torch's default
     compile: bool = False
-    optimizer: str = "trainer"  # the trainer's build_optimizer, or the same AdamW with fused=True
+    optimizer: str = "trainer"  # the trainer's build_optimizer (fused on CPU), or the same AdamW with foreach=True
     malloc_tuning: bool = False  # glibc: keep freed big buffers for reuse instead of unmapping them
     models: tuple[str, ...] = DEFAULT_MODELS
     peak_size: int = 2048
@@ -136,11 +136,12 @@ def unfused_model_code() -> Iterator[None]:
 
 
 def make_optimizer(model: nn.Module, kind: str) -> torch.optim.Optimizer:
-    """The trainer's AdamW (default TrainConfig settings), or the same groups and settings fused."""
+    """The trainer's AdamW (default TrainConfig settings; fused on the CPU), or the same groups and
+    settings with the multi-tensor ``foreach`` implementation (the ablation)."""
     optimizer = build_optimizer(model, TrainConfig(max_steps=1), torch.device("cpu"))
-    if kind == "fused":
+    if kind == "foreach":
         keep = ("params", "lr", "betas", "eps", "weight_decay")
-        optimizer = torch.optim.AdamW([{k: g[k] for k in keep} for g in optimizer.param_groups], fused=True)
+        optimizer = torch.optim.AdamW([{k: g[k] for k in keep} for g in optimizer.param_groups], foreach=True)
     return optimizer
 
 
@@ -363,7 +364,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchSettings, str | None
     p.add_argument("--threads", type=int, default=d.threads, help="torch.set_num_threads (0: default)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (same for all)")
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS,
-                   help="trainer: the trainer's build_optimizer (AdamW, foreach on CPU); fused: same, fused=True")
+                   help="trainer: the trainer's build_optimizer (AdamW, fused on CPU); foreach: same, foreach=True")
     p.add_argument("--malloc-tuning", action="store_true",
                    help="glibc mallopt: reuse freed big buffers instead of fresh mmap pages (all models)")
     p.add_argument("--models", default=",".join(d.models), help=f"comma-separated subset of {','.join(MODELS)}")

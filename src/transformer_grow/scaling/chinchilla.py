@@ -127,9 +127,11 @@ class ChinchillaParams:
             return self.G * np.power(flops / 6.0, self.a), np.power(flops / 6.0, self.b) / self.G
 
     def optimal_loss(self, flops):
-        """Loss of the compute-optimal allocation of ``flops``."""
+        """Loss of the compute-optimal allocation of ``flops`` (``nan`` for a degenerate fit whose
+        allocation is 0 or infinite, like :meth:`compute_optimal`'s)."""
         n_opt, d_opt = self.compute_optimal(flops)
-        return self.loss(n_opt, d_opt)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self.loss(n_opt, d_opt)
 
     def tokens_per_param(self, flops):
         n_opt, d_opt = self.compute_optimal(flops)

@@ -25,8 +25,9 @@ def decays(param: nn.Parameter) -> bool:
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over ``model``'s parameters in two groups (decayed / not decayed).
 
-    The fused CUDA kernel is used on CUDA; elsewhere the multi-tensor (``foreach``) implementation.
-    The learning rate is set by the trainer before every step.
+    The fused kernel is used on CUDA and on the CPU (on a 10M-parameter model on this project's 2-core
+    CPU one AdamW step took 7.5 ms fused against 26.5 ms ``foreach``, one thread); elsewhere (MPS)
+    the multi-tensor (``foreach``) implementation. The learning rate is set by the trainer before every step.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -34,7 +35,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
         {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **kwargs)
 
 
