@@ -71,3 +71,17 @@ def test_evaluation_uses_the_same_windows_for_every_run(data):
     a, _ = run(data, "scratch")
     b, _ = run(data, "g_stack", growth_fraction=0.3)
     assert torch.equal(a._windows, b._windows) and a._windows.shape == (4, TARGET.seq_len + 1)
+
+
+def test_stage_batches_that_do_not_split_are_refused_before_training():
+    from transformer_grow.errors import ConfigError
+    from transformer_grow.train.dist_env import DistEnv
+
+    three_ranks = DistEnv(0, 3, 0, torch.device("cpu"), "gloo")  # no process group needed: refused first
+    refusal = r"^small L=1: batch_size=4 is not divisible by world_size \* grad_accum = 3 \* 1"
+    with pytest.raises(ConfigError, match=refusal):
+        GrowthManager(TARGET, "g_stack", budget_tokens=BUDGET, train_config=TRAIN, strategy="ddp", env=three_ranks,
+                      plan_options=PlanOptions(growth_fraction=0.5), log=None)
+    with pytest.raises(ConfigError, match="strategy='zero'"):
+        GrowthManager(TARGET, "g_stack", budget_tokens=BUDGET, train_config=TRAIN, strategy="zero",
+                      plan_options=PlanOptions(growth_fraction=0.5), log=None)

@@ -144,13 +144,12 @@ class GrowthManager:
         self.train_config = train_config or TrainConfig(max_steps=1)
         self.tokens_per_step = self.train_config.batch_size * plan.target.seq_len
         self.account: PlanAccount = account_plan(plan, self.tokens_per_step)
-        for stage in self.account.stages:
-            require(stage.batch_size % self.train_config.grad_accum == 0,
-                    f"{stage.name}: batch of {stage.batch_size} sequences is not divisible by "
-                    f"grad_accum={self.train_config.grad_accum}")
-        if strategy is not None:  # every stage's batch must split over the ranks, checked before training
-            for stage in self.account.stages:
-                check_batch_split(stage.batch_size, self.train_config.grad_accum, env.world_size)
+        world_size = 1 if env is None else env.world_size
+        for stage in self.account.stages:  # every stage's batch splits over ranks and micro-batches
+            try:
+                check_batch_split(stage.batch_size, self.train_config.grad_accum, world_size)
+            except ConfigError as e:
+                raise ConfigError(f"{stage.name}: {e}") from None
         check_growth_events(plan)
         self.budget = self.account.budget
         self.n_evals = n_evals
