@@ -131,3 +131,20 @@ def test_load_optimizer_state_refuses_mismatched_names_and_shapes(trained):
     with pytest.raises(ValueError, match=r"norm_f.weight.exp_avg has shape \(64, 64\)"):
         load_optimizer_state_by_name(trained.model, optimizer,
                                      {"norm_f.weight": state["blocks.0.attn.q_proj.weight"]})
+
+
+def test_json_results_are_strict_json_with_null_for_non_finite_floats(tmp_path):
+    import json
+
+    import numpy as np
+
+    from transformer_grow.io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "r.json", {"loss": float("nan"), "ci": [1.0, float("inf")],
+                                                   "n": np.float64("-inf"), "ok": (2.5, np.float32(1.5))})
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"loss": None, "ci": [1.0, None], "n": None,
+                                                                  "ok": [2.5, 1.5]}

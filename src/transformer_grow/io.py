@@ -7,6 +7,7 @@ Each writer writes to a temporary file in the destination directory, flushes and
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,8 +49,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON for ``obj``: keys sorted, NumPy/torch scalars, paths and dataclasses converted, and
+    non-finite floats written as ``null`` (JSON has no NaN or Infinity; other parsers reject them)."""
+    return json.dumps(_finite(obj), indent=indent, sort_keys=True, default=_json_default, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return atomic_write_text(path, json_text(obj, indent=2) + "\n")
 
 
 def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
@@ -80,13 +87,24 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (in dicts, lists and tuples) replaced by ``None``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "item"):
-        return o.item()
+        return _finite(o.item())
     if isinstance(o, Path):
         return str(o)
     if hasattr(o, "__dataclass_fields__"):
         import dataclasses
 
-        return dataclasses.asdict(o)
+        return _finite(dataclasses.asdict(o))
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

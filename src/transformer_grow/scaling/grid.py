@@ -19,7 +19,6 @@ Estimates (planning only; the trainer reports exact counts): non-embedding param
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from transformer_grow.errors import ConfigError, choice, require
-from transformer_grow.io import atomic_write_text
+from transformer_grow.io import atomic_write_text, json_text
 from transformer_grow.scaling.data import read_jsonl_records
 
 REQUIRED_RESULT_KEYS = ("n_params_nonembedding", "n_params", "tokens", "flops", "final_val_loss")
@@ -263,7 +262,7 @@ def append_result(path: str | Path, record: dict[str, Any]) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # a line cut short by a crash: never completed, never read
-    atomic_write_text(path, text + json.dumps(record, sort_keys=True) + "\n")
+    atomic_write_text(path, text + json_text(record) + "\n")
 
 
 def check_settings(records: list[dict[str, Any]], runs: list[RunSpec], settings_key: Callable[[RunSpec], str],

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from transformer_grow.io import atomic_write_text
+from transformer_grow.io import atomic_write_text, json_text
 
 METRICS_FILENAME = "metrics.jsonl"
 
@@ -52,7 +52,7 @@ def truncate_metrics(path: str | os.PathLike, max_step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= max_step]
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    atomic_write_text(path, "".join(json_text(r) + "\n" for r in kept))
 
 
 class MetricsLog:
@@ -73,7 +73,7 @@ class MetricsLog:
         record = {k: _jsonable(v) for k, v in record.items()}
         self.records.append(record)
         if self.path is not None:
-            line = json.dumps(record, sort_keys=True) + "\n"
+            line = json_text(record) + "\n"
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line)
                 f.flush()
