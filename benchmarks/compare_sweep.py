@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from transformer_grow.compare.report import loss_at, speedup
+from transformer_grow.compare.run import compare_preset
 from transformer_grow.data import prepare_data
+from transformer_grow.growth.builders import PlanOptions
+from transformer_grow.growth.manager import GrowthManager
 from transformer_grow.io import atomic_write_json
-from transformer_grow.train.compare import compare_preset
-from transformer_grow.train.compare_report import loss_at, speedup
-from transformer_grow.train.manager import GrowthManager
-from transformer_grow.train.plan_builders import PlanOptions
 
 # name -> (plan, PlanOptions changes relative to the preset's options)
 VARIANTS: dict[str, tuple[str, dict]] = {

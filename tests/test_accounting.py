@@ -2,11 +2,11 @@
 
 import pytest
 
+from transformer_grow.growth.accounting import account_plan, flops_per_token, param_counts
+from transformer_grow.growth.budget import BudgetSchedule
+from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, Stage
 from transformer_grow.model import preset
-from transformer_grow.train.accounting import account_plan, flops_per_token, param_counts
-from transformer_grow.train.budget_schedule import BudgetSchedule
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.plans import GrowthEvent, GrowthPlan, Stage
 from transformer_grow.train.schedule import LRSchedule
 
 TARGET = preset("micro", vocab_size=256, n_layer=4)  # d=64, 4 heads of 16, SwiGLU d_ff=192, seq 64

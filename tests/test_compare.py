@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from transformer_grow.cli.main import main
+from transformer_grow.compare.report import EvalPoint, build_report, crossing, loss_at, speedup
+from transformer_grow.compare.run import CompareConfig, run_compare
 from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.errors import ConfigError
+from transformer_grow.growth.builders import PlanOptions
 from transformer_grow.model import preset
-from transformer_grow.train.compare import CompareConfig, run_compare
-from transformer_grow.train.compare_report import EvalPoint, build_report, crossing, loss_at, speedup
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.plan_builders import PlanOptions
 
 
 def curve(*points):
@@ -64,7 +64,7 @@ def test_loss_at_equal_flops():
 
 
 def build_report_for(runs):
-    from transformer_grow.train.compare_report import RunRecord
+    from transformer_grow.compare.report import RunRecord
 
     records = [RunRecord(name, c, c[-1].flops, c[-1].tokens, c[-1].wall_seconds) for name, c in runs]
     return build_report(records, "scratch", {"preset": "test"})
@@ -132,7 +132,7 @@ def test_killed_compare_resumes_without_rerunning_finished_runs(text_dir, tmp_pa
     stamp = first.stat().st_mtime_ns
     assert not (out / "report.json").exists()
     # the second run is interrupted midway too: it resumes from its checkpoint
-    from transformer_grow.train.manager import GrowthManager
+    from transformer_grow.growth.manager import GrowthManager
 
     manager = GrowthManager(config.target.replace(vocab_size=256), "g_stack", budget_tokens=config.budget_tokens,
                             train_config=config.train, plan_options=config.plan_options, n_evals=config.n_evals,
@@ -187,7 +187,7 @@ def test_report_says_when_a_smaller_stage_reached_the_baseline_loss():
     report = build_report_for([("scratch", BASE), ("g", small_first)])
     assert report["speedup"]["g"]["reached_in_stage"] == 0
     assert report["speedup"]["g"]["reached_before_final_stage"] is True
-    from transformer_grow.train.compare_report import markdown_summary
+    from transformer_grow.compare.report import markdown_summary
 
     assert "reached the baseline's final loss before the last growth" in markdown_summary(report)
 

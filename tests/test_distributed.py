@@ -23,13 +23,13 @@ import torch
 from safetensors.torch import load_file
 
 from transformer_grow.data.tokens import TokenData
+from transformer_grow.distributed.env import RankData, check_batch_split, resolve_dist_device, torchrun_ranks
+from transformer_grow.distributed.guard import ParameterSignature, WrappedModelChanged, ensure_unwrapped
 from transformer_grow.errors import ConfigError
 from transformer_grow.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from transformer_grow.model import GPT, preset
 from transformer_grow.model.gpt import Block
 from transformer_grow.train import TrainConfig, Trainer, load_checkpoint, read_metrics
-from transformer_grow.train.dist_env import RankData, check_batch_split, resolve_dist_device, torchrun_ranks
-from transformer_grow.train.dist_guard import ParameterSignature, WrappedModelChanged, ensure_unwrapped
 from transformer_grow.train.distributed import DistributedTrainer, distributed_session, grow_trainer
 
 WORLD = 2
@@ -119,8 +119,8 @@ def _scenario(env, strategy: str, out: Path) -> dict:
 
 def _manager(out_dir: Path | None, strategy: str | None = None, env=None):
     """A g_stack plan (2 -> 4 layers at half the budget, moments carried) run by GrowthManager."""
-    from transformer_grow.train.manager import GrowthManager
-    from transformer_grow.train.plan_builders import PlanOptions
+    from transformer_grow.growth.builders import PlanOptions
+    from transformer_grow.growth.manager import GrowthManager
 
     return GrowthManager(_model_config().replace(n_layer=4), "g_stack", budget_tokens=MANAGER_BUDGET_TOKENS,
                          train_config=_train_config(), plan_options=PlanOptions(growth_fraction=0.5), n_evals=2,
@@ -152,7 +152,7 @@ def _single_process_reference(out: Path) -> None:
 
 def _torchrun_worker(out: str) -> None:
     """One rank of the job (``torchrun ... tests/test_distributed.py OUT``): the scenarios, then the demo."""
-    from transformer_grow.train import dist_demo
+    import dist_demo
 
     out_dir = Path(out)
     atomic_write_text(out_dir / f"pid-rank{os.environ['RANK']}", str(os.getpid()))  # for the fixture's cleanup
@@ -356,7 +356,7 @@ if __name__ == "__main__":  # a rank of the job, started by torchrun (see the `j
 
 
 def test_shutdown_meets_at_a_barrier_before_destroying_the_group(monkeypatch):
-    from transformer_grow.train import dist_env
+    from transformer_grow.distributed import env as dist_env
 
     calls = []
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)

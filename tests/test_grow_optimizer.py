@@ -6,7 +6,7 @@ from grow_fixtures import batch, single_thread, trained  # noqa: F401
 from test_grow_ops import DENSE, OPERATORS
 
 from transformer_grow import grow as G
-from transformer_grow.train.optim import optimizer_state_by_name
+from transformer_grow.optim_state import optimizer_state_by_name
 
 MOE_OPERATORS = {
     "insert_zero": OPERATORS["insert_zero"],

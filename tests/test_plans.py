@@ -5,11 +5,11 @@ import warnings
 import pytest
 
 from transformer_grow.errors import ConfigError
+from transformer_grow.growth.builders import PLAN_NAMES, PlanOptions, build_plan, shrink
+from transformer_grow.growth.manager import check_growth_events
+from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, PlateauTrigger, Stage
+from transformer_grow.growth.timing import GrowthTimingWarning, g_stack_log10_tokens, g_stack_timing
 from transformer_grow.model import preset
-from transformer_grow.train.manager import check_growth_events
-from transformer_grow.train.plan_builders import PLAN_NAMES, PlanOptions, build_plan, shrink
-from transformer_grow.train.plans import GrowthEvent, GrowthPlan, PlateauTrigger, Stage
-from transformer_grow.train.timing import GrowthTimingWarning, g_stack_log10_tokens, g_stack_timing
 
 TARGET = preset("micro", vocab_size=256, n_layer=4)
 SMALL = TARGET.replace(n_layer=2)

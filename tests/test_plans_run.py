@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from transformer_grow.data import TokenData
+from transformer_grow.growth.builders import PlanOptions
+from transformer_grow.growth.manager import GrowthManager
+from transformer_grow.growth.plan import PlateauTrigger
 from transformer_grow.model import preset
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.manager import GrowthManager
-from transformer_grow.train.plan_builders import PlanOptions
-from transformer_grow.train.plans import PlateauTrigger
 
 TARGET = preset("micro", vocab_size=64, n_layer=2, seq_len=16, d_model=32, n_head=2)
 TRAIN = TrainConfig(batch_size=4, lr=3e-3, warmup_steps=2, max_steps=1, device="cpu")
@@ -74,8 +74,8 @@ def test_evaluation_uses_the_same_windows_for_every_run(data):
 
 
 def test_stage_batches_that_do_not_split_are_refused_before_training():
+    from transformer_grow.distributed.env import DistEnv
     from transformer_grow.errors import ConfigError
-    from transformer_grow.train.dist_env import DistEnv
 
     three_ranks = DistEnv(0, 3, 0, torch.device("cpu"), "gloo")  # no process group needed: refused first
     refusal = r"^small L=1: batch_size=4 is not divisible by world_size \* grad_accum = 3 \* 1"

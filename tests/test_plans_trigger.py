@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from transformer_grow.train.growth_trigger import trigger_fires
-from transformer_grow.train.plans import PlateauTrigger
+from transformer_grow.growth.plan import PlateauTrigger
+from transformer_grow.growth.trigger import trigger_fires
 
 BUDGET = 1000.0
 TRIGGER = PlateauTrigger(min_fraction=0.1, max_fraction=0.6, horizon_fraction=0.1, min_gain_ratio=0.1, min_points=5)

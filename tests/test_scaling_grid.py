@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from transformer_grow.errors import ConfigError
-from transformer_grow.scaling.chinchilla import ChinchillaConfig, ChinchillaParams
-from transformer_grow.scaling.grid import (
+from transformer_grow.lab.grid import (
     GridSpec,
     GridTraining,
     append_result,
@@ -17,6 +16,7 @@ from transformer_grow.scaling.grid import (
     run_grid,
     select_records,
 )
+from transformer_grow.scaling.chinchilla import ChinchillaConfig, ChinchillaParams
 from transformer_grow.scaling.growth import (
     flops_to_reach,
     growth_plan_of,

@@ -24,10 +24,10 @@ from typing import Any
 import yaml
 
 from transformer_grow.data import DataConfig
+from transformer_grow.device import resolve_autocast_dtype, resolve_device
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.model import PRESETS, ModelConfig
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.device import resolve_autocast_dtype, resolve_device
 
 SECTIONS = ("model", "train", "data")
 _COUNT = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgbt]?)\s*$", re.IGNORECASE)

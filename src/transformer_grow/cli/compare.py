@@ -26,12 +26,12 @@ from transformer_grow.cli.common import (
     parse_count,
 )
 from transformer_grow.cli.plan import add_plan_options, plan_options_from_args
+from transformer_grow.compare.run import PRESETS, compare_preset, run_compare
 from transformer_grow.data import DataConfig
 from transformer_grow.errors import require
+from transformer_grow.growth.timing import GrowthTimingWarning
 from transformer_grow.model import PRESETS as MODEL_PRESETS
 from transformer_grow.model import ModelConfig
-from transformer_grow.train.compare import PRESETS, compare_preset, run_compare
-from transformer_grow.train.timing import GrowthTimingWarning
 
 # Training flags a comparison accepts (budget and intervals come from the comparison itself).
 TRAIN_FLAGS = [

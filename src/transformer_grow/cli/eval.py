@@ -12,9 +12,9 @@ import math
 
 from transformer_grow.cli.common import DATA_FLAG_FIELDS, add_data_options, flag_values
 from transformer_grow.data import DataConfig, prepare_data
+from transformer_grow.device import resolve_device
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.train.checkpoint import load_checkpoint, model_from_checkpoint
-from transformer_grow.train.device import resolve_device
 from transformer_grow.train.evaluate import evaluate_windows
 
 

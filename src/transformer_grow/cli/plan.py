@@ -24,11 +24,11 @@ from transformer_grow.cli.common import (
     parse_count,
 )
 from transformer_grow.errors import require
+from transformer_grow.growth.accounting import FLOPS_FORMULA, account_plan
+from transformer_grow.growth.builders import PLAN_NAMES, PlanOptions, build_plan
+from transformer_grow.growth.plan import BUDGET_MODES, OPTIMIZER_POLICIES, SCHEDULE_POLICIES
+from transformer_grow.growth.timing import GrowthTimingWarning
 from transformer_grow.model import ModelConfig
-from transformer_grow.train.accounting import FLOPS_FORMULA, account_plan
-from transformer_grow.train.plan_builders import PLAN_NAMES, PlanOptions, build_plan
-from transformer_grow.train.plans import BUDGET_MODES, OPTIMIZER_POLICIES, SCHEDULE_POLICIES
-from transformer_grow.train.timing import GrowthTimingWarning
 
 
 def _fractions(text: str) -> list[float]:
@@ -141,8 +141,8 @@ def run_plan_from_args(args: argparse.Namespace) -> int:
     """
     from transformer_grow.cli.common import build_run_setup
     from transformer_grow.data import prepare_data
+    from transformer_grow.growth.manager import GrowthManager
     from transformer_grow.train.distributed import main_rank_first
-    from transformer_grow.train.manager import GrowthManager
 
     require(getattr(args, "out", None) is not None, "--out DIR is required with --plan (the run directory)")
     setup = build_run_setup(args)

@@ -12,9 +12,9 @@ import torch
 from transformer_grow.cli.common import add_data_options
 from transformer_grow.cli.eval import data_config_of
 from transformer_grow.data import prepare_data
+from transformer_grow.device import resolve_device
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.train.checkpoint import load_checkpoint, model_from_checkpoint
-from transformer_grow.train.device import resolve_device
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

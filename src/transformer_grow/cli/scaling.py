@@ -213,8 +213,8 @@ def _fit_options(args):
 
 
 def _load_fit_data(args):
+    from transformer_grow.lab.grid import load_fit_records
     from transformer_grow.scaling.data import data_from_records, load_scaling_data
-    from transformer_grow.scaling.grid import load_fit_records
 
     columns = {"n_col": args.n_col, "d_col": args.d_col, "c_col": args.c_col, "loss_col": args.loss_col,
                "drop_invalid": args.drop_invalid}
@@ -251,8 +251,8 @@ def run_fit(args) -> int:
 
 def run_growth(args) -> int:
     from transformer_grow.io import atomic_write_json
+    from transformer_grow.lab.grid import load_fit_records, read_results
     from transformer_grow.scaling.chinchilla import ChinchillaConfig
-    from transformer_grow.scaling.grid import load_fit_records, read_results
     from transformer_grow.scaling.growth import (
         growth_plan_of,
         growth_speedup_vs_scale,
@@ -292,7 +292,7 @@ def _grid_setup(args):
     from transformer_grow.cli.plan import plan_options_from_args
     from transformer_grow.data import DataConfig
     from transformer_grow.data.config import BYTE_VOCAB_SIZE, DEFAULT_VOCAB_SIZE
-    from transformer_grow.scaling.grid import GridSpec, parse_list
+    from transformer_grow.lab.grid import GridSpec, parse_list
 
     base = GridSpec.from_mode(args.mode)
     overrides: dict = {}
@@ -317,7 +317,7 @@ def _grid_setup(args):
     overrides["tokenizer"] = tokenizer
     overrides["vocab_size"] = BYTE_VOCAB_SIZE if tokenizer == "bytes" else bpe_vocab
     spec = dataclasses.replace(base, **overrides)
-    from transformer_grow.train.plan_builders import PLAN_NAMES
+    from transformer_grow.growth.builders import PLAN_NAMES
 
     for plan in spec.plans:
         require(plan in PLAN_NAMES, f"plan={plan!r} is not allowed; choose from {', '.join(map(repr, PLAN_NAMES))}")
@@ -326,7 +326,7 @@ def _grid_setup(args):
 
 def _runner(args, spec, data, options, results_path, early_stop=None, progress=False):
     from transformer_grow.cli.common import check_device
-    from transformer_grow.scaling.runner import GridRunner
+    from transformer_grow.lab.runner import GridRunner
 
     runner = GridRunner(spec, data, results_path, plan_options=options, early_stop=early_stop, progress=progress)
     for note in runner.check():
@@ -337,7 +337,7 @@ def _runner(args, spec, data, options, results_path, early_stop=None, progress=F
 
 
 def run_estimate(args) -> int:
-    from transformer_grow.scaling.grid import finished_run_ids, format_seconds, resolve_results_path
+    from transformer_grow.lab.grid import finished_run_ids, format_seconds, resolve_results_path
 
     spec, data, options = _grid_setup(args)
     results = resolve_results_path(args.out) if args.out else None
@@ -348,7 +348,7 @@ def run_estimate(args) -> int:
     runner = _runner(args, spec, data, options, results or "unused.jsonl")  # checks every run's settings
     estimate = None
     if not args.no_measure:
-        from transformer_grow.scaling.estimate import estimate_grid, measure_throughput, threads_note
+        from transformer_grow.lab.estimate import estimate_grid, measure_throughput, threads_note
 
         require(args.measure_steps >= 1, f"--measure-steps={args.measure_steps} must be >= 1")
         require(args.measure_seconds >= 0, f"--measure-seconds={args.measure_seconds} must be >= 0")
@@ -380,8 +380,8 @@ def run_estimate(args) -> int:
 
 def run_grid_command(args) -> int:
     from transformer_grow.data import prepare_data
-    from transformer_grow.scaling.grid import SCRATCH, resolve_results_path, run_grid
-    from transformer_grow.scaling.runner import EarlyStopRule
+    from transformer_grow.lab.grid import SCRATCH, resolve_results_path, run_grid
+    from transformer_grow.lab.runner import EarlyStopRule
 
     spec, data_config, options = _grid_setup(args)
     require(args.max_runs is None or args.max_runs >= 1, f"--max-runs={args.max_runs} must be >= 1")

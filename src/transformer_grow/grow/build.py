@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from transformer_grow.distributed.guard import ensure_unwrapped
 from transformer_grow.grow.adapter import ModelAdapter, adapter_for
 from transformer_grow.grow.map import ParamMap
 from transformer_grow.grow.noise import NoiseSpec, add_noise
 from transformer_grow.grow.report import GrowthReport, GrowthResult, check_probe, default_probe, measure
 from transformer_grow.model import ModelConfig
-from transformer_grow.train.dist_guard import ensure_unwrapped
 
 
 @dataclass

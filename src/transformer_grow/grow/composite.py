@@ -34,10 +34,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from transformer_grow.distributed.guard import ensure_unwrapped
 from transformer_grow.grow import moe
 from transformer_grow.grow.adapter import ModelAdapter, adapter_for
 from transformer_grow.grow.build import execute, fill_measurement, num_params, probe_for
-from transformer_grow.grow.plan import (  # re-exported: the planning API used by the growth trainer
+from transformer_grow.grow.report import GrowthReport, GrowthResult, worst_kind
+from transformer_grow.grow.steps import (  # re-exported: the planning API used by the growth trainer
     CHOICES,
     FOLLOW_SOURCE,
     plan,
@@ -45,9 +47,7 @@ from transformer_grow.grow.plan import (  # re-exported: the planning API used b
     resolve_choices,
     target_config,
 )
-from transformer_grow.grow.report import GrowthReport, GrowthResult, worst_kind
 from transformer_grow.model import ModelConfig
-from transformer_grow.train.dist_guard import ensure_unwrapped
 
 __all__ = ["CHOICES", "grow", "plan", "plan_steps", "resolve_choices", "target_config"]
 

@@ -13,10 +13,9 @@ from torch import nn
 
 from transformer_grow.errors import choice
 from transformer_grow.grow.map import ParamMap
-from transformer_grow.train.optim import decays, load_optimizer_state_by_name, optimizer_state_by_name
+from transformer_grow.optim_state import StateByName, decays, load_optimizer_state_by_name, optimizer_state_by_name
 
 POLICIES = ("carry", "fresh")
-StateByName = dict[str, dict[str, torch.Tensor]]
 
 
 def grow_optimizer_state(state_by_name: StateByName, param_map: ParamMap) -> StateByName:

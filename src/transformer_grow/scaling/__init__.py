@@ -1,14 +1,14 @@
-"""The scaling-law lab: fit laws to runs, extrapolate learning curves, plan and run grids.
+"""Scaling laws: fit laws to runs and extrapolate learning curves (numpy and scipy only, no torch).
 
 - :func:`load_scaling_data` / :func:`data_from_records`: results JSONL or CSV -> :class:`ScalingData`;
 - :func:`fit_chinchilla`: ``L(N, D) = E + A/N^alpha + B/D^beta`` (Hoffmann et al. 2022, Approach 3);
 - :func:`fit_single_variable_laws`, :func:`fit_isoflop` (Approach 2);
 - :func:`analyse`: every fit plus bootstrap intervals and leave-one-out; :func:`write_report`;
 - :func:`fit_learning_curve`, :func:`should_stop_early`, :func:`local_slope`: learning curves;
-- :class:`GridSpec`, :func:`run_grid`: resumable grids with an injected trainer;
 - :func:`growth_speedup_vs_scale`: growth's FLOP speedup as a function of model size.
 
-Plots (matplotlib) are imported only by :func:`write_report`.
+Plots (matplotlib) are imported only by :func:`write_report`. Training the runs of a grid is
+:mod:`transformer_grow.lab`.
 """
 
 from transformer_grow.scaling.analysis import FitOptions, ScalingAnalysis, analyse
@@ -21,7 +21,6 @@ from transformer_grow.scaling.chinchilla import (
 )
 from transformer_grow.scaling.curve import CurveFit, fit_learning_curve, local_slope, should_stop_early
 from transformer_grow.scaling.data import ScalingData, data_from_records, load_scaling_data
-from transformer_grow.scaling.grid import GridSpec, RunSpec, read_results, run_grid
 from transformer_grow.scaling.growth import GrowthSpeedup, growth_speedup_vs_scale
 from transformer_grow.scaling.isoflop import IsoFlopResult, fit_isoflop
 from transformer_grow.scaling.powerlaw import (
@@ -39,13 +38,11 @@ __all__ = [
     "ChinchillaParams",
     "CurveFit",
     "FitOptions",
-    "GridSpec",
     "GrowthSpeedup",
     "IsoFlopResult",
     "LeaveOneOut",
     "PowerLawFit",
     "PowerLawParams",
-    "RunSpec",
     "ScalingAnalysis",
     "ScalingData",
     "analyse",
@@ -60,9 +57,7 @@ __all__ = [
     "leave_one_out",
     "load_scaling_data",
     "local_slope",
-    "read_results",
     "run_bootstrap",
-    "run_grid",
     "should_stop_early",
     "write_report",
 ]

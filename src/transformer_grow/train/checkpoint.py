@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from transformer_grow.errors import ConfigError
 from transformer_grow.io import atomic_replace_dir, atomic_save_safetensors, atomic_write_json, read_json
 from transformer_grow.model import GPT, ModelConfig
-from transformer_grow.train.optim import STATE_KEYS, load_optimizer_state_by_name, optimizer_state_by_name
+from transformer_grow.optim_state import STATE_KEYS, load_optimizer_state_by_name, optimizer_state_by_name
 
 __all__ = [
     "CHECKPOINT_DIRNAME", "Checkpoint", "load_checkpoint", "load_optimizer_state_by_name", "model_from_checkpoint",

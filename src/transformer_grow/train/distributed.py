@@ -8,7 +8,7 @@
 ...     trainer.fit()
 
 :class:`DistributedTrainer` is a :class:`~transformer_grow.train.Trainer` whose model lives in a
-:class:`~transformer_grow.train.dist_model.DistributedModel` (DDP or FSDP2). What changes:
+:class:`~transformer_grow.distributed.wrap.DistributedModel` (DDP or FSDP2). What changes:
 
 - **Data**: rank ``r`` takes its contiguous slice of every global batch (``data.batch(..., rank,
   world_size)``), so the ranks together see exactly the single-process batch.
@@ -21,7 +21,7 @@
   model and AdamW state by name; :func:`grow_trainer` grows it identically on every rank and
   :meth:`~DistributedTrainer.replace_model` wraps the grown model anew with a new optimizer holding
   the grown state. Before every step the wrapped parameter set is compared with the one recorded at
-  wrap time; a change raises :class:`~transformer_grow.train.dist_guard.WrappedModelChanged`.
+  wrap time; a change raises :class:`~transformer_grow.distributed.guard.WrappedModelChanged`.
 
 :func:`make_trainer`, :func:`resume_trainer` and :func:`maybe_distributed_session` pick plain or
 distributed training from ``strategy`` (``None``/``"none"``, ``"ddp"``, ``"fsdp"``), for the CLI.
@@ -38,12 +38,8 @@ from typing import Any
 
 import torch
 
-from transformer_grow.errors import choice, require
-from transformer_grow.model import GPT, ModelConfig
-from transformer_grow.train.checkpoint import CHECKPOINT_DIRNAME, Checkpoint
-from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.device import resolve_device
-from transformer_grow.train.dist_env import (
+from transformer_grow.device import resolve_device
+from transformer_grow.distributed.env import (
     DistEnv,
     RankData,
     check_batch_split,
@@ -52,13 +48,14 @@ from transformer_grow.train.dist_env import (
     main_rank_first,
     shutdown_distributed,
 )
-from transformer_grow.train.dist_guard import WrappedModelChanged, ensure_unwrapped
-from transformer_grow.train.dist_model import STRATEGIES, DistributedModel, StateByName, empty_gpt_like
-from transformer_grow.train.optim import (
-    build_optimizer,
-    load_optimizer_state_by_name,
-    optimizer_state_by_name,
-)
+from transformer_grow.distributed.guard import WrappedModelChanged, ensure_unwrapped
+from transformer_grow.distributed.wrap import STRATEGIES, DistributedModel, StateByName, empty_gpt_like
+from transformer_grow.errors import choice, require
+from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.optim_state import load_optimizer_state_by_name, optimizer_state_by_name
+from transformer_grow.train.checkpoint import CHECKPOINT_DIRNAME, Checkpoint
+from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.optim import build_optimizer
 from transformer_grow.train.trainer import Trainer
 
 __all__ = [

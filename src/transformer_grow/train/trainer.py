@@ -27,8 +27,16 @@ from typing import Any
 import torch
 
 from transformer_grow.data import DataConfig
+from transformer_grow.device import (
+    autocast,
+    capture_rng_state,
+    resolve_autocast_dtype,
+    resolve_device,
+    restore_rng_state,
+)
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.optim_state import load_optimizer_state_by_name, optimizer_state_by_name
 from transformer_grow.train.checkpoint import (
     CHECKPOINT_DIRNAME,
     Checkpoint,
@@ -38,20 +46,9 @@ from transformer_grow.train.checkpoint import (
     save_checkpoint,
 )
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.device import (
-    autocast,
-    capture_rng_state,
-    resolve_autocast_dtype,
-    resolve_device,
-    restore_rng_state,
-)
 from transformer_grow.train.evaluate import evaluate_windows
 from transformer_grow.train.metrics import METRICS_FILENAME, MetricsLog, ProgressBar, truncate_metrics
-from transformer_grow.train.optim import (
-    build_optimizer,
-    load_optimizer_state_by_name,
-    optimizer_state_by_name,
-)
+from transformer_grow.train.optim import build_optimizer
 from transformer_grow.train.schedule import LRSchedule, Rewarmup, lr_at
 
 

@@ -1,7 +1,7 @@
 """Train a micro model under torchrun with DDP or FSDP2, grow it mid-run, and check the ranks agree.
 
-    torchrun --standalone --nproc_per_node 2 -m transformer_grow.train.dist_demo --strategy fsdp
-    torchrun --standalone --nproc_per_node 2 -m transformer_grow.train.dist_demo --strategy ddp --device cuda
+    torchrun --standalone --nproc_per_node 2 tests/dist_demo.py --strategy fsdp
+    torchrun --standalone --nproc_per_node 2 tests/dist_demo.py --strategy ddp --device cuda
 
 Data: the embedded ``stdlib`` corpus with the byte tokenizer (rank 0 fills the token cache first).
 The model is the ``micro`` preset, grown to twice its depth after ``--steps-before`` steps with
@@ -33,7 +33,7 @@ from transformer_grow.train.distributed import (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m transformer_grow.train.dist_demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python tests/dist_demo.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strategy", choices=STRATEGIES, default="ddp", help="data-parallel wrapper")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

@@ -1,12 +1,12 @@
-"""Grid runs on the real trainer: the ``train_fn`` of :func:`~transformer_grow.scaling.grid.run_grid`.
+"""Grid runs on the real trainer: the ``train_fn`` of :func:`~transformer_grow.lab.grid.run_grid`.
 
-:class:`GridRunner` turns a :class:`~transformer_grow.scaling.grid.RunSpec` into a training run and a
+:class:`GridRunner` turns a :class:`~transformer_grow.lab.grid.RunSpec` into a training run and a
 results record:
 
 - ``scratch`` runs train with :class:`~transformer_grow.train.Trainer` (cosine schedule over the run's
   own length, ``n_evals`` evaluations on fixed validation windows);
 - growth plans (``g_stack``, ``compound``, ...) run through
-  :class:`~transformer_grow.train.manager.GrowthManager` with the same training settings, the run's
+  :class:`~transformer_grow.growth.manager.GrowthManager` with the same training settings, the run's
   model as the target and the run's tokens as the baseline budget (so in the default
   ``budget_mode="flops"`` a grown run spends the FLOPs of the scratch run of the same size and budget).
   Both evaluate the same windows the same way, and the budget-axis schedule of the manager equals the
@@ -25,7 +25,7 @@ and settings reached at the same number of tokens, plus ``margin``. "Reached at 
 the other runs' validation curves (linear interpolation); a longer run's mid-curve loss has not been
 annealed yet, so this comparison is conservative. An early-stopped record has ``early_stopped: true``,
 ``final_val_loss: null`` (it was not trained to its budget), ``predicted_final_loss`` and its interval;
-fits leave it out by default (:func:`~transformer_grow.scaling.grid.select_records`).
+fits leave it out by default (:func:`~transformer_grow.lab.grid.select_records`).
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from transformer_grow.errors import require
+from transformer_grow.growth.builders import PlanOptions, build_plan
+from transformer_grow.lab.grid import SCRATCH, GridSpec, RunSpec, read_results
 from transformer_grow.model import ModelConfig
 from transformer_grow.scaling.curve import MIN_POINTS, fit_learning_curve, should_stop_early
-from transformer_grow.scaling.grid import SCRATCH, GridSpec, RunSpec, read_results
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.plan_builders import PlanOptions, build_plan
 from transformer_grow.train.schedule import lr_at
 from transformer_grow.train.trainer import Trainer
 
@@ -157,7 +157,7 @@ class GridRunner:
         return plan, sorted({str(w.message) for w in caught})
 
     def _manager(self, run: RunSpec, plan, train_config: TrainConfig, log=None):
-        from transformer_grow.train.manager import GrowthManager
+        from transformer_grow.growth.manager import GrowthManager
 
         t = self.spec.training
         return GrowthManager(plan.target, plan, train_config=train_config, n_evals=t.n_evals,
@@ -270,7 +270,7 @@ class GridRunner:
         return record
 
     def _train_growth(self, run: RunSpec) -> dict[str, Any]:
-        from transformer_grow.train.manager import log_to_stderr
+        from transformer_grow.growth.manager import log_to_stderr
 
         plan, _ = self.build_plan(run, self.data.vocab_size)
         train_config = self.train_config(run)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from transformer_grow.growth.plan import PlateauTrigger
 from transformer_grow.scaling.curve import MIN_POINTS, fit_learning_curve
-from transformer_grow.train.plans import PlateauTrigger
 
 
 def trigger_fires(spent: list[float], losses: list[float], trigger: PlateauTrigger,

@@ -17,37 +17,16 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformer_grow.growth.record import EvalPoint, RunRecord
 from transformer_grow.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 AXES = ("flops", "wall_seconds", "tokens")
 # Report key of each axis in ``speedup`` (the spec's names).
 SPEEDUP_KEYS = {"flops": "flops", "wall_seconds": "wall_clock", "tokens": "tokens"}
 REPORT_SCHEMA = "transformer_grow.compare/1"
-
-
-@dataclass
-class EvalPoint:
-    """One validation measurement of a run."""
-
-    step: int
-    tokens: int
-    flops: float
-    wall_seconds: float
-    val_loss: float
-    stage: int = 0  # index of the plan stage whose model was evaluated
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "tokens": self.tokens, "flops": self.flops, "wall_seconds": self.wall_seconds,
-                "val_loss": self.val_loss, "stage": self.stage}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvalPoint:
-        return cls(int(d["step"]), int(d["tokens"]), float(d["flops"]), float(d["wall_seconds"]),
-                   float(d["val_loss"]), int(d.get("stage", 0)))
 
 
 def first_reaching(curve: Sequence[EvalPoint], target_loss: float) -> int | None:
@@ -100,36 +79,6 @@ def speedup(baseline: Sequence[EvalPoint], plan: Sequence[EvalPoint]) -> dict[st
         else:
             out[key] = base[axis] / mine[axis]
     return out
-
-
-@dataclass
-class RunRecord:
-    """A finished run of a comparison: what the report needs."""
-
-    name: str
-    curve: list[EvalPoint]
-    total_flops: float
-    total_tokens: int
-    wall_seconds: float
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def final_val_loss(self) -> float:
-        return self.curve[-1].val_loss
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "final_val_loss": self.final_val_loss, "total_flops": self.total_flops,
-                "total_tokens": self.total_tokens, "wall_seconds": self.wall_seconds,
-                "curve": [p.to_dict() for p in self.curve], "stages": self.stages, "events": self.events,
-                "notes": self.notes}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
-        return cls(d["name"], [EvalPoint.from_dict(p) for p in d["curve"]], float(d["total_flops"]),
-                   int(d["total_tokens"]), float(d["wall_seconds"]), list(d.get("stages", [])),
-                   list(d.get("events", [])), list(d.get("notes", [])))
 
 
 def build_report(runs: list[RunRecord], baseline: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""GrowthManager: trains a :class:`~transformer_grow.train.plans.GrowthPlan` end to end.
+"""GrowthManager: trains a :class:`~transformer_grow.growth.plan.GrowthPlan` end to end.
 
 >>> manager = GrowthManager(target=preset("tiny", vocab_size=data.vocab_size), plan="g_stack",
 ...                         budget_tokens=2_000_000, train_config=TrainConfig(batch_size=16, max_steps=1))
@@ -10,7 +10,7 @@ of steps up to the next evaluation or stage end, grows the model with
 :func:`transformer_grow.grow.grow` (AdamW moments carried through the parameter map with
 :func:`~transformer_grow.grow.grow_optimizer_state`, or a fresh optimizer), swaps it in with
 :meth:`Trainer.replace_model` (LR re-warmup), and keeps the global LR schedule on the budget axis
-(:class:`~transformer_grow.train.budget_schedule.BudgetSchedule`).
+(:class:`~transformer_grow.growth.budget.BudgetSchedule`).
 
 Validation runs every ``budget / n_evals`` (FLOPs or tokens, per ``budget_mode``) on the same fixed
 windows of the target's context length, for every run. Wall-clock time counts the training steps
@@ -40,9 +40,9 @@ from typing import Any
 
 import torch
 
+from transformer_grow.distributed.env import check_batch_split
 from transformer_grow.errors import ConfigError, choice, require
-from transformer_grow.io import atomic_write_json, read_json
-from transformer_grow.train.accounting import (
+from transformer_grow.growth.accounting import (
     FLOPS_FORMULA,
     PlanAccount,
     account_plan,
@@ -50,15 +50,15 @@ from transformer_grow.train.accounting import (
     stage_batch_size,
     steps_for_rest,
 )
-from transformer_grow.train.budget_schedule import BudgetSchedule, evaluate_fixed_windows
+from transformer_grow.growth.budget import BudgetSchedule, evaluate_fixed_windows
+from transformer_grow.growth.builders import PlanOptions, build_plan
+from transformer_grow.growth.plan import FIXED_FIELDS, GROWABLE_FIELDS, GrowthPlan, describe_config
+from transformer_grow.growth.record import EvalPoint, RunRecord
+from transformer_grow.growth.trigger import trigger_fires
+from transformer_grow.io import atomic_write_json, read_json
 from transformer_grow.train.checkpoint import resolve_checkpoint_dir
-from transformer_grow.train.compare_report import EvalPoint, RunRecord
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.dist_env import check_batch_split
 from transformer_grow.train.distributed import STRATEGIES, DistEnv, grow_trainer, make_trainer, resume_trainer
-from transformer_grow.train.growth_trigger import trigger_fires
-from transformer_grow.train.plan_builders import PlanOptions, build_plan
-from transformer_grow.train.plans import FIXED_FIELDS, GROWABLE_FIELDS, GrowthPlan, describe_config
 from transformer_grow.train.schedule import LRSchedule
 from transformer_grow.train.trainer import Trainer
 
@@ -119,7 +119,7 @@ class GrowthManager:
         data_config: recorded in checkpoints (so ``tgrow eval``/``sample`` can rebuild the data).
         strategy: ``None`` (one process), ``"ddp"`` or ``"fsdp"`` (under ``torchrun``; every rank
             runs the manager; ``batch_size`` is the global batch).
-        env: the process group's :class:`~transformer_grow.train.dist_env.DistEnv` (default: the
+        env: the process group's :class:`~transformer_grow.distributed.env.DistEnv` (default: the
             initialised one).
     """
 

@@ -17,7 +17,7 @@ last stage's model trained from scratch) trains on; ``budget_mode`` says what is
 
 :meth:`GrowthPlan.validate` refuses, with a :class:`~transformer_grow.errors.ConfigError`, plans that
 shrink a model, leave nothing for the last stage, exceed the budget or end with a trigger.
-Built-in plans are in :mod:`transformer_grow.train.plan_builders`.
+Built-in plans are in :mod:`transformer_grow.growth.builders`.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class GrowthPlan:
 
     def validate(self, flops_per_token=None) -> None:
         """Raise :class:`ConfigError` naming the first problem; ``flops_per_token(config)`` checks
-        a FLOPs budget (default: :func:`transformer_grow.train.accounting.flops_per_token`)."""
+        a FLOPs budget (default: :func:`transformer_grow.growth.accounting.flops_per_token`)."""
         require(isinstance(self.name, str) and self.name.strip() != "", f"plan name={self.name!r} must be non-empty")
         require(isinstance(self.stages, list) and len(self.stages) >= 1, f"plan {self.name!r} has no stages")
         choice(f"plan {self.name!r}: budget_mode", self.budget_mode, BUDGET_MODES)
@@ -214,7 +214,7 @@ class GrowthPlan:
         require(isinstance(self.budget_tokens, int) and self.budget_tokens > 0,
                 f"plan {self.name!r}: budget_tokens={self.budget_tokens!r} must be a positive integer")
         if flops_per_token is None:
-            from transformer_grow.train.accounting import flops_per_token
+            from transformer_grow.growth.accounting import flops_per_token
         budget = self.budget_amount(flops_per_token)
         early = 0.0
         for stage in self.stages[:-1]:

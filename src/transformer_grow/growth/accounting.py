@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from transformer_grow.errors import require
+from transformer_grow.growth.plan import GrowthPlan, describe_config
 from transformer_grow.model import GPT, ModelConfig
-from transformer_grow.train.plans import GrowthPlan, describe_config
 
 FLOPS_FORMULA = ("FLOPs/token = 6*N_nonembedding(active) + 6*d_model*vocab + 6*n_layer*seq_len*d_attn "
                  "(Kaplan et al. 2020, forward+backward; output head counted)")

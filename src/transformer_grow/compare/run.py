@@ -30,16 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformer_grow.compare.report import RunRecord, build_report, speedup_table, write_report
 from transformer_grow.data import DataConfig
 from transformer_grow.errors import ConfigError, require
+from transformer_grow.growth.accounting import FLOPS_FORMULA, account_plan, flops_per_token
+from transformer_grow.growth.builders import PLAN_NAMES, PlanOptions, build_plan
+from transformer_grow.growth.manager import GrowthManager, check_growth_events, log_to_stderr
+from transformer_grow.growth.plan import describe_config
 from transformer_grow.io import atomic_write_json, read_json
 from transformer_grow.model import ModelConfig, preset
-from transformer_grow.train.accounting import FLOPS_FORMULA, account_plan, flops_per_token
-from transformer_grow.train.compare_report import RunRecord, build_report, speedup_table, write_report
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.manager import GrowthManager, check_growth_events, log_to_stderr
-from transformer_grow.train.plan_builders import PLAN_NAMES, PlanOptions, build_plan
-from transformer_grow.train.plans import describe_config
 
 BASELINE = "scratch"
 SETTINGS_FILENAME = "compare.json"

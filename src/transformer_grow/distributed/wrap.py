@@ -25,7 +25,7 @@ Strategies, both torch's own wrappers:
   count to 1 and changes its bias correction.
 
 :meth:`check_unchanged` (called before every training step) raises
-:class:`~transformer_grow.train.dist_guard.WrappedModelChanged` if parameters were added, removed
+:class:`~transformer_grow.distributed.guard.WrappedModelChanged` if parameters were added, removed
 or replaced since wrapping, or if the wrapper was released.
 """
 
@@ -35,21 +35,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from transformer_grow.errors import choice
-from transformer_grow.model import GPT
-from transformer_grow.train.dist_env import DistEnv
-from transformer_grow.train.dist_guard import (
+from transformer_grow.distributed.env import DistEnv
+from transformer_grow.distributed.guard import (
     ParameterSignature,
     WrappedModelChanged,
     ensure_unwrapped,
     mark_live,
     mark_released,
 )
-from transformer_grow.train.optim import STATE_KEYS, load_optimizer_state_by_name
+from transformer_grow.errors import choice
+from transformer_grow.model import GPT
+from transformer_grow.optim_state import STATE_KEYS, StateByName, load_optimizer_state_by_name
 
 STRATEGIES = ("ddp", "fsdp")
 WRAPPER_NAMES = {"ddp": "DistributedDataParallel", "fsdp": "FSDP2 (fully_shard)"}
-StateByName = dict[str, dict[str, torch.Tensor]]
 
 
 def _is_dtensor(tensor) -> bool:

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from transformer_grow.data import TokenData
+from transformer_grow.growth.accounting import account_plan
+from transformer_grow.growth.plan import describe_config
+from transformer_grow.lab.grid import SCRATCH, GridSpec, GridTraining, RunSpec
+from transformer_grow.lab.runner import GridRunner
 from transformer_grow.model import ModelConfig
-from transformer_grow.scaling.grid import SCRATCH, GridSpec, GridTraining, RunSpec
-from transformer_grow.scaling.runner import GridRunner
-from transformer_grow.train.accounting import account_plan
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.plans import describe_config
 from transformer_grow.train.trainer import Trainer
 
 

@@ -2,7 +2,7 @@
 
 * ``scratch``: the target model trained from scratch on the whole budget (the baseline).
 * ``g_stack``: a model ``g`` times shallower than the target, grown by stacking (Du et al. 2024)
-  after ``d`` tokens from G_stack's timing rule (:mod:`~transformer_grow.train.timing`, clamped
+  after ``d`` tokens from G_stack's timing rule (:mod:`~transformer_grow.growth.timing`, clamped
   to the budget with a warning) or after an explicit ``growth_fraction`` of the budget's tokens.
 * ``compound``: CompoundGrow (Gu et al. 2021, "On the Transformer Growth for Progressive BERT
   Training"): depth, width (with heads and FFN) and sequence length start smaller and grow in
@@ -10,7 +10,7 @@
   width).
 * ``progressive``: several smaller depth steps, each doubling the depth (e.g. 2 -> 4 -> 8 layers).
 * ``adaptive``: like ``g_stack``, but the small model grows when its validation curve flattens
-  against a fitted power law (:class:`~transformer_grow.train.plans.PlateauTrigger`), with guards
+  against a fitted power law (:class:`~transformer_grow.growth.plan.PlateauTrigger`), with guards
   against growing too early or too late.
 """
 
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformer_grow.errors import choice, require
+from transformer_grow.growth.accounting import param_counts
+from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, PlateauTrigger, Stage
+from transformer_grow.growth.timing import DEFAULT_MAX_FRACTION, g_stack_timing
 from transformer_grow.model import ModelConfig
-from transformer_grow.train.accounting import param_counts
-from transformer_grow.train.plans import GrowthEvent, GrowthPlan, PlateauTrigger, Stage
-from transformer_grow.train.timing import DEFAULT_MAX_FRACTION, g_stack_timing
 
 PLAN_NAMES = ("scratch", "g_stack", "compound", "progressive", "adaptive")
 SHORT = {"depth": "L", "width": "d", "seq": "T"}  # stage labels of compound plans

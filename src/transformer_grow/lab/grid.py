@@ -9,7 +9,7 @@ always holds whole lines, and an interrupted grid resumes where it stopped (runs
 ``run_id``; a finished run recorded with other settings is refused, not silently reused). A run
 interrupted midway is not checkpointed: it starts over on resume.
 
-The real ``train_fn`` (our trainer and the growth manager) is in :mod:`transformer_grow.scaling.runner`;
+The real ``train_fn`` (our trainer and the growth manager) is in :mod:`transformer_grow.lab.runner`;
 this module imports no torch.
 
 Estimates (planning only; the trainer reports exact counts): non-embedding parameters
@@ -348,7 +348,7 @@ def select_records(
 
     ``plan``: keep only runs of that plan; ``None`` keeps every run when the records hold one plan
     (or none), and the ``scratch`` runs when they hold several. Early-stopped runs (see
-    :mod:`transformer_grow.scaling.runner`) are left out; with ``include_early_stopped`` they enter
+    :mod:`transformer_grow.lab.runner`) are left out; with ``include_early_stopped`` they enter
     at their planned tokens and FLOPs with their *predicted* final loss (an extrapolation).
     """
     notes: list[str] = []
