@@ -21,15 +21,11 @@ import torch.distributed as dist
 
 from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.errors import ConfigError
+from transformer_grow.growth.event import grow_trainer
 from transformer_grow.model import preset
+from transformer_grow.train import Trainer
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.distributed import (
-    STRATEGIES,
-    DistributedTrainer,
-    distributed_session,
-    grow_trainer,
-    main_rank_first,
-)
+from transformer_grow.train.distributed import STRATEGIES, distributed_session, main_rank_first, make_trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,12 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def max_difference_from_main(trainer: DistributedTrainer) -> float:
+def max_difference_from_main(trainer: Trainer) -> float:
     """Largest |difference| between this rank's full model and rank 0's (all ranks take part)."""
-    state = trainer.dist_model.full_model_state()
-    worst = torch.zeros((), dtype=torch.float64, device=trainer.env.device)
+    state = trainer.parallel.wrapped.full_model_state()
+    worst = torch.zeros((), dtype=torch.float64, device=trainer.device)
     for name in sorted(state):
-        mine = state[name].detach().to(trainer.env.device, torch.float64)
+        mine = state[name].detach().to(trainer.device, torch.float64)
         main = mine.clone()
         dist.broadcast(main, src=0)
         worst = torch.maximum(worst, (mine - main).abs().max())
@@ -75,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                                    warmup_steps=max(1, args.steps_before // 4), lr=3e-3, eval_interval=0,
                                    eval_windows=8, log_interval=max(1, args.steps_before // 4), ckpt_interval=0,
                                    device=env.device.type, seed=args.seed)
-        trainer = DistributedTrainer(config, train_config, data, out_dir=args.out, strategy=args.strategy, env=env)
+        trainer = make_trainer(config, train_config, data, out_dir=args.out, strategy=args.strategy, env=env)
         say = print if env.is_main else (lambda *a, **k: None)
         say(f"{args.strategy} on {env.world_size} ranks ({env.backend}, {env.device.type}): "
             f"{config.n_layer} layers, {trainer.tokens_per_step} tokens per step")

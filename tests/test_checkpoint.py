@@ -46,7 +46,8 @@ def forbid_unpickling(monkeypatch):
 def test_round_trip_is_bitwise(trained, tmp_path, monkeypatch):
     ckpt = trained.checkpoint()
     save_checkpoint(tmp_path / "ck", ckpt)
-    assert sorted(os.listdir(tmp_path / "ck")) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    assert sorted(os.listdir(tmp_path / "ck")) == ["manifest.json", "model.safetensors", "optimizer.safetensors",
+                                                   "state.json"]
     assert sorted(os.listdir(tmp_path)) == ["ck"]  # no temporary directories left behind
     forbid_unpickling(monkeypatch)
     loaded = load_checkpoint(tmp_path / "ck")
@@ -93,7 +94,7 @@ def test_optimizer_file_is_keyed_by_parameter_name(trained, tmp_path):
 def test_overwrite_is_atomic_and_survives_an_interrupted_swap(trained, tmp_path):
     target = tmp_path / "ck"
     save_checkpoint(target, trained.checkpoint())
-    (tmp_path / ".ck.tmp-crashed").mkdir()  # what a writer killed mid-way leaves behind
+    (tmp_path / ".ck.tmp-99999999-crashed").mkdir()  # what a writer (process 99999999, now dead) left behind
     newer = trained.checkpoint()
     newer.train_state["step"] = 4
     save_checkpoint(target, newer)

@@ -102,7 +102,12 @@ def test_micro_compare_end_to_end_through_the_cli(text_dir, tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "report.md").read_text()
     assert "| g_stack |" in summary and "FLOPs speedup" in summary
-    assert [r["name"] for r in report["runs"]] == ["scratch", "g_stack", "compound"]
+    # the baseline, the plans, then one small-only control per distinct first-stage model
+    assert [r["name"] for r in report["runs"]] == ["scratch", "g_stack", "compound", "small-only:L1",
+                                                   "small-only:L1-d32"]
+    assert report["methods"]["g_stack"] == {"kind": "plan", "control": "small-only:L1", "control_of": []}
+    assert report["methods"]["small-only:L1-d32"]["control_of"] == ["compound"]
+    assert "## Verdicts (equal FLOPs)" in summary and "| small-only:L1 | control |" in summary
     for run in report["runs"]:
         assert {"name", "final_val_loss", "total_flops", "wall_seconds"} <= set(run)
         assert run["final_val_loss"] == run["curve"][-1]["val_loss"] and run["wall_seconds"] > 0
@@ -111,7 +116,7 @@ def test_micro_compare_end_to_end_through_the_cli(text_dir, tmp_path, capsys):
         entry = report["speedup"][name]
         assert set(entry) >= {"flops", "wall_clock", "tokens"}
         assert all(entry[k] is None or entry[k] > 0 for k in ("flops", "wall_clock", "tokens"))
-    # equal-FLOPs budget: every run spends the baseline's FLOPs to within one step of the target
+    # equal-FLOPs budget: every run, the controls included, spends the baseline's FLOPs to within one step
     baseline_flops = report["runs"][0]["total_flops"]
     step_flops = 4 * 32 * report["runs"][0]["stages"][0]["flops_per_token"]
     assert all(abs(r["total_flops"] - baseline_flops) <= step_flops for r in report["runs"])
@@ -128,7 +133,7 @@ def test_killed_compare_resumes_without_rerunning_finished_runs(text_dir, tmp_pa
     out = tmp_path / "cmp"
     # "killed" after run 1 (runs one after another)
     assert run_compare(config, out, data=data, progress_log=None, interleave=False, max_runs=1) is None
-    first = out / "runs" / "scratch" / "result.json"
+    first = out / "runs" / "seed0" / "scratch" / "result.json"
     stamp = first.stat().st_mtime_ns
     assert not (out / "report.json").exists()
     # the second run is interrupted midway too: it resumes from its checkpoint
@@ -136,14 +141,14 @@ def test_killed_compare_resumes_without_rerunning_finished_runs(text_dir, tmp_pa
 
     manager = GrowthManager(config.target.replace(vocab_size=256), "g_stack", budget_tokens=config.budget_tokens,
                             train_config=config.train, plan_options=config.plan_options, n_evals=config.n_evals,
-                            eval_windows=config.eval_windows, out_dir=out / "runs" / "g_stack", log=None)
+                            eval_windows=config.eval_windows, out_dir=out / "runs" / "seed0" / "g_stack", log=None)
     assert manager.run(data, limit_steps=20) is None
-    assert (out / "runs" / "g_stack" / "checkpoint").is_dir()
+    assert (out / "runs" / "seed0" / "g_stack" / "checkpoint").is_dir()
     lines = []
     report = run_compare(config, out, data=data, log=lines.append, progress_log=lines.append, interleave=False)
     assert first.stat().st_mtime_ns == stamp  # the finished baseline was not re-run
     assert any("resuming at step 20" in line for line in lines)
-    assert [r["name"] for r in report["runs"]] == ["scratch", "g_stack"]
+    assert [r["name"] for r in report["runs"]] == ["scratch", "g_stack", "small-only:L1"]
     assert json.loads((out / "report.json").read_text())["speedup"]["g_stack"].keys() >= {"flops", "wall_clock"}
     # an uninterrupted run gives the same curve (exact resume)
     fresh = GrowthManager(config.target.replace(vocab_size=256), "g_stack", budget_tokens=config.budget_tokens,
@@ -199,12 +204,12 @@ def test_interleaved_compare_killed_midway_resumes_every_run(text_dir, tmp_path)
     lines = []
     assert run_compare(config, tmp_path / "a", data=data, progress_log=lines.append, max_rounds=2) is None
     assert sum("round 2/4 done" in line for line in lines) == 1
-    for name in ("scratch", "g_stack"):  # both runs paused halfway, checkpointed
-        assert (tmp_path / "a" / "runs" / name / "checkpoint").is_dir()
-        assert not (tmp_path / "a" / "runs" / name / "result.json").exists()
+    for name in ("scratch", "g_stack", "small-only-L1"):  # every run paused halfway, checkpointed
+        assert (tmp_path / "a" / "runs" / "seed0" / name / "checkpoint").is_dir()
+        assert not (tmp_path / "a" / "runs" / "seed0" / name / "result.json").exists()
     lines.clear()
     resumed = run_compare(config, tmp_path / "a", data=data, log=lines.append, progress_log=lines.append)
-    assert sum("resuming at step" in line for line in lines) == 2
+    assert sum("resuming at step" in line for line in lines) == 3
     straight = run_compare(config, tmp_path / "b", data=data, log=lines.append, progress_log=None)
     for a, b in zip(resumed["runs"], straight["runs"]):
         assert [p["val_loss"] for p in a["curve"]] == pytest.approx([p["val_loss"] for p in b["curve"]], abs=1e-5)

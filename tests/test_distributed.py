@@ -26,11 +26,12 @@ from transformer_grow.data.tokens import TokenData
 from transformer_grow.distributed.env import RankData, check_batch_split, resolve_dist_device, torchrun_ranks
 from transformer_grow.distributed.guard import ParameterSignature, WrappedModelChanged, ensure_unwrapped
 from transformer_grow.errors import ConfigError
+from transformer_grow.growth.event import grow_trainer
 from transformer_grow.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from transformer_grow.model import GPT, preset
 from transformer_grow.model.gpt import Block
 from transformer_grow.train import TrainConfig, Trainer, load_checkpoint, read_metrics
-from transformer_grow.train.distributed import DistributedTrainer, distributed_session, grow_trainer
+from transformer_grow.train.distributed import distributed_session, make_trainer, resume_trainer
 
 WORLD = 2
 STEPS_BEFORE, STEPS_AFTER = 3, 3
@@ -72,21 +73,20 @@ def _train_and_grow(trainer: Trainer, method: str) -> list[float]:
 def _scenario(env, strategy: str, out: Path) -> dict:
     from transformer_grow.grow import grow
 
-    trainer = DistributedTrainer(_model_config(), _train_config(), _data(), out_dir=out / strategy,
-                                 strategy=strategy, env=env)
+    trainer = make_trainer(_model_config(), _train_config(), _data(), out_dir=out / strategy, strategy=strategy,
+                           env=env)
     losses = _train_and_grow(trainer, SCENARIOS[strategy])
     history = [r["train_loss"] for r in trainer.history if "train_loss" in r]
     val_loss = trainer.evaluate()
     trainer.save()
     atomic_save_safetensors(out / f"{strategy}-full-rank{env.rank}.safetensors",
-                            trainer.dist_model.full_model_state())
+                            trainer.parallel.wrapped.full_model_state())
     if strategy == "ddp":  # each rank's own replica
         atomic_save_safetensors(out / f"ddp-local-rank{env.rank}.safetensors", trainer.model.state_dict())
     result = {"losses": losses, "history": history, "val_loss": val_loss, "tokens": trainer.tokens,
               "flops": trainer.flops, "step": trainer.step, "n_layer": trainer.model.config.n_layer}
     if strategy == "fsdp":  # resume the checkpoint under FSDP: one more step, same as the live trainer
-        resumed = DistributedTrainer.resume(out / strategy, _data(), out_dir=out / "fsdp-resumed", strategy="fsdp",
-                                            env=env)
+        resumed = resume_trainer(out / strategy, _data(), out_dir=out / "fsdp-resumed", strategy="fsdp", env=env)
         result["resumed_loss"] = resumed.train_steps(1)
         result["continued_loss"] = trainer.train_steps(1)
         resumed.close()
@@ -100,7 +100,7 @@ def _scenario(env, strategy: str, out: Path) -> dict:
     refusals = {}
     for what, attempt in (("ensure_unwrapped", lambda: ensure_unwrapped(trainer.model)),
                           ("grow_wrapped",
-                           lambda: grow(trainer.dist_model.module, _model_config().replace(n_layer=8)))):
+                           lambda: grow(trainer.parallel.wrapped.module, _model_config().replace(n_layer=8)))):
         try:
             attempt()
             refusals[what] = "not refused"
@@ -327,9 +327,9 @@ def test_bad_distributed_settings_are_refused_before_work():
     with pytest.raises(ConfigError, match="batch_size=6 is not divisible by world_size \\* grad_accum = 2 \\* 2"):
         check_batch_split(6, 2, 2)
     with pytest.raises(ConfigError, match="strategy='zero3'"):
-        DistributedTrainer(_model_config(), _train_config(), _data(), strategy="zero3")
+        make_trainer(_model_config(), _train_config(), _data(), strategy="zero3")
     with pytest.raises(ConfigError, match="no torch.distributed process group"):
-        DistributedTrainer(_model_config(), _train_config(), _data(), strategy="ddp")
+        make_trainer(_model_config(), _train_config(), _data(), strategy="ddp")
 
 
 def test_parameter_signature_names_what_changed():

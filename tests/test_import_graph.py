@@ -23,10 +23,11 @@ LAYERS = {
     "model": 1, "data": 1, "scaling": 1,
     "distributed": 2,
     "grow": 3,
-    "train": 4,
-    "growth": 5,
-    "compare": 6, "lab": 6,
-    "cli": 7,
+    "hf": 4,
+    "train": 5,
+    "growth": 6,
+    "compare": 7, "lab": 7,
+    "cli": 8,
 }
 PACKAGE_INIT = "__init__"  # the top-level package: lazy re-exports only, checked separately
 

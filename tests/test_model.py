@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from transformer_grow.errors import ConfigError
 from transformer_grow.model import GPT, ModelConfig
 
 # Three position/attention variants for the causality test.
@@ -104,3 +106,80 @@ def test_generate_shapes_and_greedy_determinism():
     b = model.generate(prompt, 8, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(3))
     assert a.shape == (2, 13) and torch.equal(a, b)
     assert ((a >= 0) & (a < config.vocab_size)).all()
+
+
+# ----------------------------------------------------------------- replace() and the growth check
+def test_replace_re_derives_fields_that_were_derived():
+    base = ModelConfig(d_model=256, n_head=4, mlp="swiglu")
+    wider = base.replace(d_model=512)
+    assert (wider.head_dim, wider.d_attn, wider.d_ff) == (128, 512, ModelConfig(d_model=512, n_head=4).d_ff)
+    assert wider == ModelConfig(d_model=512, n_head=4)  # the same as building it afresh
+    assert base.replace(n_head=8).n_kv_head == 8  # multi-head attention stays multi-head
+    assert base.replace(mlp="gelu").d_ff == 4 * 256
+    # Unrelated changes keep every derived value.
+    assert base.replace(n_layer=9, seq_len=1024).to_dict() == {**base.to_dict(), "n_layer": 9, "seq_len": 1024}
+
+
+def test_replace_keeps_explicit_fields_and_passed_values_win():
+    custom = ModelConfig(d_model=256, n_head=4, head_dim=32, n_kv_head=2, d_ff=1000)
+    wider = custom.replace(d_model=512, n_head=8)
+    assert (wider.head_dim, wider.n_kv_head, wider.d_ff) == (32, 2, 1000)
+    base = ModelConfig(d_model=256, n_head=4)
+    assert base.replace(d_model=512, head_dim=64, d_ff=768).d_attn == 256  # explicit in replace: kept
+    with pytest.raises(ConfigError, match="d_model=250 is not divisible by n_head=4.*set head_dim"):
+        base.replace(d_model=250)  # a derived head size that cannot be derived any more: one clear line
+
+
+def test_replace_behaves_the_same_after_a_dict_round_trip():
+    for config in (ModelConfig(d_model=256, n_head=4), ModelConfig(d_model=96, n_head=4, head_dim=16, d_ff=200)):
+        loaded = ModelConfig.from_dict(config.to_dict())
+        assert loaded == config and loaded.to_dict() == config.to_dict()
+        assert loaded.replace(d_model=192) == config.replace(d_model=192)
+
+
+def test_one_list_of_fixed_and_growable_fields():
+    from transformer_grow.growth import plan as growth_plan
+    from transformer_grow.model.config import FIXED_FIELDS, GROWABLE_FIELDS
+
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert set(FIXED_FIELDS) <= names and set(GROWABLE_FIELDS) <= names
+    assert not set(FIXED_FIELDS) & set(GROWABLE_FIELDS)
+    assert "head_dim" in FIXED_FIELDS  # no operator changes the head size
+    assert not hasattr(growth_plan, "FIXED_FIELDS") and not hasattr(growth_plan, "GROWABLE_FIELDS")
+
+
+def test_growth_check_is_shared_by_plans_and_grow(monkeypatch):
+    from transformer_grow.grow import steps
+    from transformer_grow.growth import plan as growth_plan
+    from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, Stage
+    from transformer_grow.model import config as model_config
+
+    old = ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=64, seq_len=16)
+    calls = []
+
+    def recording_check(a, b):
+        calls.append((a, b))
+        model_config.check_growth(a, b)
+
+    monkeypatch.setattr(growth_plan, "check_growth", recording_check)
+    monkeypatch.setattr(steps, "check_growth", recording_check)
+    new = old.replace(n_layer=4)
+    GrowthPlan("p", [Stage(old, tokens=100), Stage(new, growth=GrowthEvent())], budget_tokens=4000).validate()
+    steps.plan(old, new, "stack")
+    assert calls == [(old, new), (old, new)]
+    with pytest.raises(ConfigError, match="head_dim cannot change by growth \\(8 -> 16\\)"):
+        model_config.check_growth(old, old.replace(n_layer=4, head_dim=16))
+    with pytest.raises(ConfigError, match="nothing to grow"):
+        model_config.check_growth(old, old.replace(dropout=0.1))
+    model_config.check_growth(old, old.replace(rope_scale=2.0))  # RoPE interpolation alone is a seq growth
+
+
+def test_growth_operator_configs_keep_the_head_size():
+    from transformer_grow.grow import heads_ffn, width
+
+    base = ModelConfig(d_model=32, n_head=4, vocab_size=64, seq_len=16)  # head_dim 8, derived
+    padded = width.padded_config(base, 48, "zero_pad")
+    assert (padded.head_dim, padded.n_head, padded.d_ff) == (8, 4, base.d_ff)
+    cloned = width.clone_config(base, 2, heads=False, ffn=False)
+    assert (cloned.d_model, cloned.head_dim, cloned.n_head, cloned.d_ff) == (64, 8, 4, base.d_ff)
+    assert heads_ffn.heads_config(base, 8).head_dim == 8

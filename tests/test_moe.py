@@ -1,10 +1,13 @@
-"""The top-k routed MoE layer: shapes, load-balancing loss, routing, upcycling property, training."""
+"""The top-k routed MoE layer: shapes, load-balancing loss, routing, upcycling property, training, and
+routing that learns after upcycling (router gradient from the LM loss, experts that diverge)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from grow_fixtures import single_thread  # noqa: F401  (autouse: one intra-op thread)
+from grow_fixtures import corpus, single_thread  # noqa: F401  (autouse: one intra-op thread)
 
+from transformer_grow.grow import upcycle
+from transformer_grow.grow.moe import ZERO_ROUTER_JITTER
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.model.moe import MoE, load_balancing_loss
 
@@ -110,3 +113,97 @@ def test_gpt_with_moe_sums_aux_loss_counts_active_params_and_trains():
         opt.step()
         losses.append(out.loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+# ---------------------------------------------------------------- routing that learns after upcycling
+
+
+def text_windows(n: int, length: int, seed: int) -> torch.Tensor:
+    """``[n, length + 1]`` windows of real text (bytes of stdlib sources, as in the growth fixtures)."""
+    data = corpus()
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(data) - length - 1, (n,), generator=g)
+    return torch.stack([data[s : s + length + 1] for s in starts.tolist()])
+
+
+def trained_dense(seq_len: int = 48) -> GPT:
+    """A small dense model (MQA, dropout), briefly trained on real text, aux loss coefficient 0."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        n_layer=2,
+        d_model=32,
+        n_head=4,
+        n_kv_head=1,
+        vocab_size=256,
+        seq_len=seq_len,
+        dropout=0.1,
+        moe_aux_loss_coef=0.0,
+    )
+    model = GPT(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(30):
+        w = text_windows(8, seq_len, seed=step)
+        loss = model(w[:, :-1], w[:, 1:]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize("router_init", ["random", "zero"])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_upcycling_is_exact_at_growth_on_full_length_text(router_init, top_k):
+    old = trained_dense()
+    probe = text_windows(4, old.config.seq_len, seed=999)
+    result = upcycle(old, 4, top_k, router_init=router_init, probe=probe)
+    assert result.report.kind == "exact" and result.report.probe["shape"] == [4, old.config.seq_len]
+    old.eval()
+    new = result.model.eval()
+    with torch.no_grad():
+        dlogits = (new(probe[:, :-1]).logits - old(probe[:, :-1]).logits).abs().max()
+    assert float(dlogits) <= 1e-4 and result.report.max_abs_dlogits <= 1e-4
+    router = new.blocks["0"].mlp.router.weight.detach()
+    assert float(router.abs().max()) > 0  # never an exactly zero router: all logits would tie
+    if router_init == "zero":  # near zero: routing starts almost uniform
+        assert float(router.abs().max()) < 10 * ZERO_ROUTER_JITTER * old.config.init_std
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_router_learns_from_the_lm_loss_right_after_upcycling(top_k):
+    new = upcycle(trained_dense(), 4, top_k, measure=False).model.train()
+    w = text_windows(8, new.config.seq_len, seed=5)
+    new(w[:, :-1], w[:, 1:]).loss.backward()  # LM loss alone (moe_aux_loss_coef = 0, aux not added)
+    layer = new.blocks["0"].mlp
+    router_grad = float(layer.router.weight.grad.norm())
+    expert_grad = float(layer.experts[0].up_proj.weight.grad.norm())
+    assert router_grad > 1e-2 * expert_grad
+    # The plain renormalised combine (p_j / sum_chosen p, the dense reference) gives the router nothing:
+    # all experts are one FFN, so the output is the FFN's whatever the router says (top-1: weight 1).
+    x, upstream = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    grads = []
+    for forward in (reference_moe, MoE.forward):
+        layer.router.weight.grad = None
+        (forward(layer, x) * upstream).sum().backward()
+        grads.append(float(layer.router.weight.grad.norm()))
+    renormalised, stop_gradient = grads
+    assert renormalised < 1e-6 and stop_gradient > 1e-3
+
+
+@pytest.mark.parametrize("router_init", ["random", "zero"])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_upcycled_experts_and_router_rows_diverge_with_training(router_init, top_k):
+    model = upcycle(trained_dense(), 4, top_k, router_init=router_init, measure=False).model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(50):
+        w = text_windows(8, model.config.seq_len, seed=1000 + step)
+        loss = model(w[:, :-1], w[:, 1:]).loss  # aux coefficient 0: only the LM loss trains the router
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for block in model.blocks.values():
+        experts, router = block.mlp.experts, block.mlp.router.weight.detach()
+        for i in range(4):
+            for j in range(i + 1, 4):
+                up_i, up_j = experts[i].up_proj.weight.detach(), experts[j].up_proj.weight.detach()
+                assert float((up_i - up_j).abs().max()) > 1e-3, (i, j)
+                assert float((router[i] - router[j]).abs().max()) > 1e-3, (i, j)

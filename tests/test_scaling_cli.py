@@ -55,7 +55,15 @@ def test_fit_csv_with_custom_columns_writes_report(tmp_path, records, capsys):
     assert row["C"] == 1e22 and row["tokens_per_param"] == pytest.approx(row["D_opt"] / row["N_opt"])
     assert fit["predictions"][0]["N"] == 1e9 and len(fit["predictions"][0]["ci"]) == 2
     assert fit["loo"]["rmse_log_loss"] < 0.03 and len(fit["loo"]["points"]) == 24
-    assert fit["starts_run"] == 72 and 1 <= fit["starts_at_best"] <= 72 and fit["huber_delta"] == 1e-3
+    assert fit["grid_starts"] == 72 and fit["starts_run"] == 9 + 16 and fit["huber_delta"] == 1e-3
+    assert 1 <= fit["starts_at_best"] <= fit["starts_run"]
+    for name in ("E", "alpha"):  # standard errors next to the intervals
+        assert 0 < chin["se"][name] < chin["ci"][name][1] - chin["ci"][name][0]
+    pred = fit["predictions"][0]  # the prediction interval of a new run is wider than the law's interval
+    assert pred["pi"][0] < pred["ci"][0] <= pred["loss"] <= pred["ci"][1] < pred["pi"][1]
+    row3 = fit["compute_optimal"]["at"][0]
+    assert row3["approach2"]["N_opt"] > 0 and len(row3["approach2"]["ci"]["N_opt"]) == 2
+    assert "Approach 2" in printed and "Approach 3" in printed
     assert len(fit["isoflop"]["budgets"]) == 4 and fit["isoflop"]["a"] == pytest.approx(TRUE.a, abs=0.1)
     assert set(fit["single_variable"]) >= {"N", "D", "C"}
     assert fit["bootstrap"]["resamples"] == 30 and fit["bootstrap"]["seconds_per_resample"] > 0

@@ -38,10 +38,12 @@ def test_lr_area_form_predicts_a_cosine_schedule():
     observed = true * np.exp(np.random.default_rng(1).normal(0, 0.005, steps.size))
     seen = steps <= 1800
     fit = fit_learning_curve(steps[seen], observed[seen], lrs=lrs, n_bootstrap=100)
-    assert fit.form == "lr_area" and fit.params["C"] > 0
+    assert fit.form == "lr_area" and fit.params["B"] > 0
     assert fit.predict(3000) == pytest.approx(true[-1], rel=0.01)
     lo, hi = fit.predict_interval(3000)
     assert lo <= true[-1] <= hi
+    # Written with its floor: no prediction inside the schedule is below the fitted E.
+    assert np.all(fit.predict(np.arange(1, 3001)) >= fit.params["E"])
     # The plain power law in steps cannot see the annealing bonus still to come.
     plain = fit_learning_curve(steps[seen], observed[seen], n_bootstrap=2)
     assert abs(plain.predict(3000) - true[-1]) > 2 * abs(fit.predict(3000) - true[-1])

@@ -7,8 +7,10 @@ flat keys that are sorted into sections by name (``vocab_size`` goes to ``data``
 vocabulary follows the tokenizer). Keys use the dataclass field names (``n_layer``,
 ``tie_embeddings``, ``max_steps``...); dashes are accepted for underscores. Unknown keys are refused.
 
-Every flag's default is ``None`` ("not given"), so a flag overrides a file or checkpoint value only
-when it is actually on the command line.
+The model, train and data flags are generated from the dataclasses' fields (one flag per field, help
+from the field documentation, see :mod:`transformer_grow.cli.flags`). Every flag's default is ``None``
+("not given"), so a flag overrides a file or checkpoint value only when it is actually on the command
+line.
 """
 
 from __future__ import annotations
@@ -16,116 +18,40 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from transformer_grow.cli.flags import ConfigFlags, dataclass_default, parse_count
 from transformer_grow.data import DataConfig
+from transformer_grow.data.config import ENCODING_ERRORS, TOKEN_DTYPES, TOKENIZERS
 from transformer_grow.device import resolve_autocast_dtype, resolve_device
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.model import PRESETS, ModelConfig
-from transformer_grow.train.config import TrainConfig
+from transformer_grow.model.config import MLPS, NORMS, POSITIONS, ROUTERS
+from transformer_grow.train.config import DEVICES, DTYPES, SCHEDULES, TrainConfig
 
 SECTIONS = ("model", "train", "data")
-_COUNT = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgbt]?)\s*$", re.IGNORECASE)
-_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12}
 
 
-def parse_count(text: str) -> int:
-    """An integer count written as ``1000``, ``1e6``, ``10M``, ``2.5B`` or ``500k``."""
-    match = _COUNT.match(str(text))
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (examples: 1000, 1e6, 10M, 2.5B)")
-    value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
-    if value != int(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    return int(value)
+def _preset_notes() -> dict[str, str]:
+    """Model fields a preset sets: their default is the preset's (the dataclass's without a preset)."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    names = sorted({name for settings in PRESETS.values() for name in settings})
+    return {name: f"the preset's, else {dataclass_default(fields[name])}" for name in names}
 
 
-def _field_defaults(cls) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(cls)}
-
-
-_TRAIN_DEFAULTS = _field_defaults(TrainConfig)
-_DATA_DEFAULTS = _field_defaults(DataConfig)
-
-# (flag, field, argparse kwargs). Model defaults depend on the preset, so none are shown.
-MODEL_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--n-layer", "n_layer", {"type": int, "help": "number of Transformer blocks"}),
-    ("--d-model", "d_model", {"type": int, "help": "residual stream width"}),
-    ("--n-head", "n_head", {"type": int, "help": "attention (query) heads; must divide d_model unless "
-                                                "--head-dim is set"}),
-    ("--n-kv-head", "n_kv_head", {"type": int, "help": "key/value heads (< n_head: grouped-query attention); "
-                                                      "default n_head"}),
-    ("--head-dim", "head_dim", {"type": int, "help": "width of one attention head; default d_model / n_head"}),
-    ("--d-ff", "d_ff", {"type": int, "help": "feed-forward hidden width; default 4*d_model (gelu) or "
-                                            "8/3*d_model rounded up to 64 (swiglu)"}),
-    ("--seq-len", "seq_len", {"type": int, "help": "context length in tokens (training sequence length)"}),
-    ("--norm", "norm", {"help": "normalisation: layernorm or rmsnorm"}),
-    ("--pos", "pos", {"help": "position encoding: rope or learned"}),
-    ("--mlp", "mlp", {"help": "feed-forward type: gelu or swiglu"}),
-    ("--tie", "tie_embeddings", {"action": argparse.BooleanOptionalAction,
-                                     "help": "tie the output head to the token embedding (--no-tie: separate head)"}),
-    ("--bias", "bias", {"action": argparse.BooleanOptionalAction, "help": "biases in linear layers and LayerNorm"}),
-    ("--dropout", "dropout", {"type": float, "help": "dropout probability in [0, 1)"}),
-    ("--rope-base", "rope_base", {"type": float, "help": "RoPE base frequency"}),
-]
-
-TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--batch-size", "batch_size", {"type": int, "help": "global batch: sequences per optimizer step"}),
-    ("--grad-accum", "grad_accum", {"type": int, "help": "micro-batches per step (must divide the batch size)"}),
-    ("--max-steps", "max_steps", {"type": parse_count, "help": "stop after this many optimizer steps"}),
-    ("--max-tokens", "max_tokens", {"type": parse_count, "help": "stop after this many training tokens (e.g. 10M); "
-                                                               "with --max-steps, whichever comes first"}),
-    ("--lr", "lr", {"type": float, "help": "peak learning rate"}),
-    ("--min-lr-ratio", "min_lr_ratio", {"type": float, "help": "final learning rate as a fraction of the peak"}),
-    ("--warmup-steps", "warmup_steps", {"type": int, "help": "linear warmup steps"}),
-    ("--schedule", "schedule", {"help": "learning-rate schedule: cosine, wsd (warmup-stable-decay) or constant"}),
-    ("--decay-frac", "decay_frac", {"type": float, "help": "wsd: fraction of the steps spent decaying"}),
-    ("--weight-decay", "weight_decay", {"type": float, "help": "AdamW weight decay (on matrices and embeddings only)"}),
-    ("--beta1", "beta1", {"type": float, "help": "AdamW beta1"}),
-    ("--beta2", "beta2", {"type": float, "help": "AdamW beta2"}),
-    ("--grad-clip", "grad_clip", {"type": float, "help": "clip the global gradient norm to this (0: no clipping)"}),
-    ("--eval-interval", "eval_interval", {"type": int, "help": "evaluate every N steps (0: only at the end)"}),
-    ("--eval-windows", "eval_windows", {"type": int, "help": "number of fixed validation windows"}),
-    ("--eval-batch-size", "eval_batch_size", {"type": int, "help": "windows per evaluation batch; default the "
-                                                                  "micro-batch size"}),
-    ("--log-interval", "log_interval", {"type": int, "help": "write a metrics record every N steps"}),
-    ("--ckpt-interval", "ckpt_interval", {"type": int, "help": "checkpoint every N steps (0: only at the end)"}),
-    ("--tensorboard", "tensorboard", {"action": argparse.BooleanOptionalAction,
-                                          "help": "also log to TensorBoard in OUT/tensorboard (needs tensorboard)"}),
-    ("--seed", "seed", {"type": int, "help": "seed of the model initialisation and the data order"}),
-    ("--device", "device", {"help": "auto (CUDA, then MPS, then CPU), cpu, cuda or mps"}),
-    ("--dtype", "dtype", {"help": "auto (bf16 autocast on CUDA, else fp32), fp32 or bf16 (bf16 on CPU is opt-in)"}),
-    ("--compile", "compile", {"action": argparse.BooleanOptionalAction, "help": "torch.compile the model"}),
-]
-
-DATA_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--corpus", "corpus", {"help": "'stdlib' (the embedded corpus), a text file or directory, a .npy/.bin "
-                                     "token file, or hf:NAME[:CONFIG[:SPLIT]]"}),
-    ("--tokenizer", "tokenizer", {"help": "bpe (byte-level BPE trained on the corpus, cached) or bytes"}),
-    ("--vocab-size", "vocab_size", {"type": int, "help": "BPE vocabulary size (the model's vocabulary follows it)"}),
-    ("--val-fraction", "val_fraction", {"type": float, "help": "share of the corpus held out for validation"}),
-    ("--cache-dir", "cache_dir", {"help": "cache of tokenizers and token arrays; default $TGROW_CACHE or "
-                                           "~/.cache/transformer_grow"}),
-    ("--token-dtype", "token_dtype", {"help": "element type of a raw .bin token file: uint16 or uint32"}),
-]
-
-MODEL_FLAG_FIELDS = [f for _, f, _ in MODEL_OPTIONS]
-TRAIN_FLAG_FIELDS = [f for _, f, _ in TRAIN_OPTIONS]
-DATA_FLAG_FIELDS = [f for _, f, _ in DATA_OPTIONS]
-
-
-def _add_options(parser: argparse.ArgumentParser, title: str, options, defaults: dict[str, Any] | None) -> None:
-    group = parser.add_argument_group(title)
-    for flag, name, kwargs in options:
-        kwargs = dict(kwargs)
-        if defaults is not None and name in defaults and defaults[name] is not None:
-            kwargs["help"] += f" (default: {defaults[name]})"
-        group.add_argument(flag, dest=name, default=None, **kwargs)
+# The model's vocabulary follows the tokenizer (the data's --vocab-size), hence --model-vocab-size.
+MODEL_FLAGS = ConfigFlags(
+    ModelConfig, "model (override the preset)", rename={"vocab_size": "model-vocab-size"},
+    aliases={"tie_embeddings": ("--tie",)},
+    choices={"norm": NORMS, "pos": POSITIONS, "mlp": MLPS, "moe_router": ROUTERS},
+    default_notes={**_preset_notes(), "vocab_size": "the tokenizer's"})
+TRAIN_FLAGS = ConfigFlags(TrainConfig, "training", choices={"schedule": SCHEDULES, "device": DEVICES, "dtype": DTYPES})
+DATA_FLAGS = ConfigFlags(DataConfig, "data", choices={"tokenizer": TOKENIZERS, "token_dtype": TOKEN_DTYPES,
+                                                      "encoding_errors": ENCODING_ERRORS})
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -136,23 +62,6 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", metavar="NAME", default=None,
                         help=f"model preset, refined by the model flags ({presets}); without one the ModelConfig "
                              "defaults apply (the same shape as tiny)")
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    _add_options(parser, "model (override the preset)", MODEL_OPTIONS, None)
-
-
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    _add_options(parser, "training", TRAIN_OPTIONS, _TRAIN_DEFAULTS)
-
-
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    _add_options(parser, "data", DATA_OPTIONS, _DATA_DEFAULTS)
-
-
-def flag_values(args: argparse.Namespace, fields: list[str]) -> dict[str, Any]:
-    """The settings among ``fields`` given on the command line (non-``None``)."""
-    return {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
 
 
 def _field_names(cls) -> set[str]:
@@ -269,7 +178,7 @@ def model_settings(args: argparse.Namespace, file: dict[str, Any]) -> dict[str, 
                 f"preset={name!r} is not allowed; choose one of {', '.join(map(repr, PRESETS))}")
         settings.update(PRESETS[name])
     settings.update(file.get("model", {}))
-    settings.update(flag_values(args, MODEL_FLAG_FIELDS))
+    settings.update(MODEL_FLAGS.given(args))
     return settings
 
 
@@ -277,9 +186,9 @@ def build_run_setup(args: argparse.Namespace, extra_sections: tuple[str, ...] = 
     """Validate every model, train and data setting from file + flags; raises :class:`ConfigError` first."""
     file = load_config_file(args.config, extra_sections) if getattr(args, "config", None) else \
         {"preset": None, **{s: {} for s in (*SECTIONS, *extra_sections)}}
-    data = DataConfig(**{**file["data"], **flag_values(args, DATA_FLAG_FIELDS)})
+    data = DataConfig(**{**file["data"], **DATA_FLAGS.given(args)})
     data.validate()
-    train = TrainConfig.from_dict({**file["train"], **flag_values(args, TRAIN_FLAG_FIELDS)})
+    train = TrainConfig.from_dict({**file["train"], **TRAIN_FLAGS.given(args)})
     check_device(train)
     settings = model_settings(args, file)
     vocab_given = "vocab_size" in settings
@@ -291,17 +200,13 @@ def build_run_setup(args: argparse.Namespace, extra_sections: tuple[str, ...] = 
 
 
 __all__ = [
-    "DATA_FLAG_FIELDS",
-    "MODEL_FLAG_FIELDS",
-    "TRAIN_FLAG_FIELDS",
+    "DATA_FLAGS",
+    "MODEL_FLAGS",
+    "TRAIN_FLAGS",
     "RunSetup",
     "add_config_options",
-    "add_data_options",
-    "add_model_options",
-    "add_train_options",
     "build_run_setup",
     "check_device",
-    "flag_values",
     "load_config_file",
     "model_settings",
     "parse_count",

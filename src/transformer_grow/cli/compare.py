@@ -3,6 +3,12 @@
     tgrow compare --preset quick                   # <= 10 minutes on a 2-core CPU
     tgrow compare --preset dev --out runs/dev      # about an hour
     tgrow compare --preset quick --plans g_stack,compound --optimizer-state fresh --out runs/q2
+    tgrow compare --preset quick --seeds 0,1,2 --budgets 0.25,0.5 --out runs/q3   # intervals, multiplier
+    tgrow compare --preset quick --corpus my_texts/ --tokenizer bpe --out runs/q4  # any text file or directory
+
+Besides the baseline and the plans, every comparison trains each plan's first-stage model alone on
+the baseline's FLOPs (a ``small-only`` control; ``--no-controls`` turns them off), and prints the
+target's tokens per parameter against the compute-optimal size (``--compute-optimal``).
 
 Writes ``OUT/report.json`` (runs, speedups: FLOPs, wall-clock and tokens to reach the baseline's
 final validation loss; losses at equal FLOPs), ``OUT/report.md``, ``OUT/loss_vs_flops.png`` and
@@ -16,35 +22,29 @@ import dataclasses
 import sys
 import warnings
 
-from transformer_grow.cli.common import (
-    DATA_FLAG_FIELDS,
-    MODEL_FLAG_FIELDS,
-    add_data_options,
-    add_model_options,
-    check_device,
-    flag_values,
-    parse_count,
-)
-from transformer_grow.cli.plan import add_plan_options, plan_options_from_args
-from transformer_grow.compare.run import PRESETS, compare_preset, run_compare
+from transformer_grow.cli.common import DATA_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, check_device
+from transformer_grow.cli.flags import ConfigFlags
+from transformer_grow.cli.plan import PLAN_FLAGS, add_plan_options, plan_options_from_args
+from transformer_grow.compare.run import PRESETS, CompareConfig, compare_preset, run_compare
 from transformer_grow.data import DataConfig
 from transformer_grow.errors import require
+from transformer_grow.growth.builders import check_plan_options_apply
 from transformer_grow.growth.timing import GrowthTimingWarning
+from transformer_grow.io import check_directory_path
 from transformer_grow.model import PRESETS as MODEL_PRESETS
 from transformer_grow.model import ModelConfig
 
-# Training flags a comparison accepts (budget and intervals come from the comparison itself).
-TRAIN_FLAGS = [
-    ("--batch-size", "batch_size", int, "sequences of the target's seq_len per step"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--warmup-steps", "warmup_steps", int, "linear warmup steps"),
-    ("--schedule", "schedule", str, "LR schedule: cosine, wsd or constant"),
-    ("--min-lr-ratio", "min_lr_ratio", float, "final LR as a fraction of the peak"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
-    ("--seed", "seed", int, "seed of initialisation and data order (the same for every run)"),
-    ("--device", "device", str, "auto, cpu, cuda or mps"),
-    ("--dtype", "dtype", str, "auto, fp32 or bf16"),
-]
+# A comparison preset supplies every default; the flags refine it. The budget, evaluation and
+# checkpoint intervals are the comparison's own (budget_tokens, n_evals, eval_windows).
+_PRESET = "the comparison preset's"
+COMPARE_FLAGS = ConfigFlags(CompareConfig, "comparison", defaults_from=_PRESET,
+                            exclude=frozenset({"name", "target", "train", "data", "plan_options"}))
+COMPARE_TRAIN_FLAGS = TRAIN_FLAGS.variant(
+    title="training (every run)", defaults_from=_PRESET,
+    exclude=frozenset({"max_steps", "max_tokens", "eval_interval", "eval_windows", "ckpt_interval"}))
+COMPARE_MODEL_FLAGS = MODEL_FLAGS.variant(title="target model (override --target)", defaults_from=_PRESET,
+                                          exclude=frozenset({"vocab_size"}))  # the data's vocabulary
+COMPARE_DATA_FLAGS = DATA_FLAGS.variant(defaults_from=_PRESET)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -53,62 +53,58 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Train the target from scratch (the baseline) and each growth plan on the same data order "
                     "and budget, evaluate all on the same fixed validation windows at fixed FLOP intervals, and "
                     "report the FLOPs, wall-clock and tokens speedup to reach the baseline's final validation "
-                    "loss. Resumable: rerun the same command to continue.")
+                    "loss. Also trains, on the same FLOPs, each plan's first-stage model alone (small-only "
+                    "controls: a plan that does not beat its control gains nothing from growing), once per seed "
+                    "(--seeds 0,1,2: mean and 90% Student t interval) and, with --budgets 0.25,0.5, at fractions "
+                    "of the budget for the schedule-fair effective compute multiplier. Any text corpus: --corpus "
+                    "FILE|DIR (with --tokenizer bpe or bytes). Resumable: rerun the same command to continue.")
     parser.add_argument("--preset", default="quick", choices=tuple(PRESETS),
                         help="comparison preset: quick (<= 10 min on a 2-core CPU), dev (~1 hour), full (GPU)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output directory (report.json, report.md, loss_vs_flops.png, loss_vs_wall.png, "
                              "runs/); default runs/compare-PRESET")
-    parser.add_argument("--plans", default=None,
-                        help="comma-separated growth plans to compare with the baseline (g_stack, compound, "
-                             "progressive, adaptive); default: the preset's")
     parser.add_argument("--target", default=None, choices=tuple(MODEL_PRESETS),
                         help="model preset of the target (then refined by the model flags); default: the preset's")
-    parser.add_argument("--budget-tokens", type=parse_count, default=None,
-                        help="the baseline's token budget, e.g. 2M; default: the preset's")
-    parser.add_argument("--n-evals", type=int, default=None, help="validation points over the budget")
     parser.add_argument("--sequential", action="store_true",
                         help="run the plans one after another (default: they take turns every evaluation interval, "
                              "so changes in machine load hit every run alike and wall-clock ratios stay fair)")
-    parser.add_argument("--eval-windows", type=int, default=None, help="number of fixed validation windows")
-    group = parser.add_argument_group("training (every run)")
-    for flag, name, kind, text in TRAIN_FLAGS:
-        group.add_argument(flag, dest=name, type=kind, default=None, help=text)
-    add_plan_options(parser, with_plan=False)
-    add_model_options(parser)
-    add_data_options(parser)
+    for flags in (COMPARE_FLAGS, COMPARE_TRAIN_FLAGS):
+        flags.add_to(parser)
+    add_plan_options(parser, with_plan=False, flags=PLAN_FLAGS.variant(defaults_from=_PRESET))
+    for flags in (COMPARE_MODEL_FLAGS, COMPARE_DATA_FLAGS):
+        flags.add_to(parser)
     parser.set_defaults(func=run)
     return parser
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
     """The preset's :class:`CompareConfig` with every flag given applied (validated)."""
     config = compare_preset(args.preset)
     target = config.target
     if args.target is not None:
         target = ModelConfig.from_dict({**target.to_dict(), **MODEL_PRESETS[args.target], "head_dim": None,
                                         "n_kv_head": None, "d_ff": None})
-    model_flags = flag_values(args, MODEL_FLAG_FIELDS)
+    model_flags = COMPARE_MODEL_FLAGS.given(args)
     if model_flags:
         derived = {k: None for k in ("head_dim", "n_kv_head", "d_ff") if k not in model_flags}
         target = ModelConfig.from_dict({**target.to_dict(), **derived, **model_flags})
-    train_changes = {name: getattr(args, name) for _, name, _, _ in TRAIN_FLAGS if getattr(args, name) is not None}
-    train = config.train.replace(**train_changes)
+    train = config.train.replace(**COMPARE_TRAIN_FLAGS.given(args))
     train.validate()
     check_device(train)
-    data = DataConfig(**{**dataclasses.asdict(config.data), **flag_values(args, DATA_FLAG_FIELDS)})
+    data = DataConfig(**{**dataclasses.asdict(config.data), **COMPARE_DATA_FLAGS.given(args)})
     data.validate()
-    plans = config.plans if args.plans is None else [p.strip() for p in args.plans.split(",") if p.strip()]
-    for name in ("n_evals", "eval_windows"):
-        value = getattr(args, name)
-        require(value is None or value >= (2 if name == "n_evals" else 1), f"--{name.replace('_', '-')}={value} "
-                f"must be >= {2 if name == 'n_evals' else 1}")
-    config = dataclasses.replace(
-        config, target=target, train=train, data=data, plans=plans,
-        budget_tokens=args.budget_tokens or config.budget_tokens,
-        plan_options=plan_options_from_args(args, config.plan_options),
-        n_evals=args.n_evals or config.n_evals, eval_windows=args.eval_windows or config.eval_windows)
+    changes = COMPARE_FLAGS.given(args)
+    seed = COMPARE_TRAIN_FLAGS.given(args).get("seed")
+    if seed is not None:  # --seed S is --seeds S; every run's seed comes from seeds
+        require(changes.get("seeds", [seed]) == [seed],
+                f"--seed {seed} and --seeds {changes.get('seeds')} disagree; give --seeds only (e.g. --seeds 0,1,2)")
+        changes["seeds"] = [seed]
+    config = dataclasses.replace(config, **changes, target=target, train=train, data=data,
+                                 plan_options=plan_options_from_args(args, config.plan_options))
+    check_plan_options_apply(config.plans, PLAN_FLAGS.given(args), PLAN_FLAGS.flag)
     config.validate()
+    if args.out is not None:
+        check_directory_path(args.out, "--out")
     return config
 
 
@@ -119,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     out = args.out or f"runs/compare-{config.name}"
-    print(f"tgrow compare: preset {config.name}, plans scratch + {', '.join(config.plans)}, output {out}")
+    extras = (", small-only controls" if config.controls else "") + f", seeds {','.join(map(str, config.seeds))}"
+    if config.budgets:
+        extras += f", budget fractions {','.join(f'{f:g}' for f in config.fractions())}"
+    print(f"tgrow compare: preset {config.name}, plans scratch + {', '.join(config.plans)}{extras}, output {out}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GrowthTimingWarning)  # already shown
         report = run_compare(config, out, interleave=not args.sequential)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from transformer_grow.cli.common import load_config_file
 from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.grow import grow, grow_optimizer_state, target_config
 from transformer_grow.grow.composite import CHOICES, plan
-from transformer_grow.io import atomic_write_json
+from transformer_grow.io import atomic_write_json, check_directory_path
 from transformer_grow.model import PRESETS, ModelConfig
 from transformer_grow.train.checkpoint import (
     CHECKPOINT_DIRNAME,
@@ -35,10 +36,11 @@ from transformer_grow.train.checkpoint import (
     resolve_checkpoint_dir,
     save_checkpoint,
 )
+from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.memory import check_training_memory
 
 REPORT_FILE = "growth_report.json"
 PROBE_WINDOWS = 8
-PROBE_MAX_LEN = 64
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,7 +51,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(or measured) growth operators; print the preservation report and write a grown, "
         "resumable checkpoint to --out.",
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint or run directory")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR", nargs="?", default=None,
+                        help="a checkpoint or run directory (or --hf PATH)")
+    parser.add_argument("--hf", default=None, metavar="PATH",
+                        help="grow a Hugging Face model directory instead (GPT-2, Llama, Mistral, Qwen2, Mixtral, "
+                        "Qwen2-MoE); --out then receives an HF directory with growth_record.json; --to may also "
+                        "be a size such as 1.3B")
+    parser.add_argument("--hf-seq-len", type=int, default=None, metavar="N",
+                        help="--hf, RoPE models: the context to certify at (default max_position_embeddings, "
+                        "at most 2048)")
     parser.add_argument(
         "--to",
         required=True,
@@ -139,8 +149,9 @@ def resolve_target(to: str, source: ModelConfig) -> ModelConfig:
     return base.replace(**file["model"])
 
 
-def probe_batch(ckpt: Checkpoint) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
-    """Validation windows of the checkpoint's data, or ``None`` (seeded random) when it has none."""
+def probe_batch(ckpt: Checkpoint) -> tuple[torch.Tensor | None, str]:
+    """``[n, seq_len + 1]`` validation windows of the checkpoint's data at the model's full seq_len (the
+    certificate covers every position), or ``None`` (seeded random, also full length) when it has none."""
     data_config = ckpt.train_state.get("data_config")
     if not data_config:
         return None, "seeded random tokens (the checkpoint has no data config)"
@@ -148,11 +159,11 @@ def probe_batch(ckpt: Checkpoint) -> tuple[tuple[torch.Tensor, torch.Tensor] | N
 
     try:
         data = prepare_data(DataConfig(**data_config), progress=False)
-        seq = min(PROBE_MAX_LEN, ckpt.model_config.seq_len)
+        seq = ckpt.model_config.seq_len
         windows = data.val_windows(seq_len=seq, n_windows=PROBE_WINDOWS)
     except (ConfigError, OSError) as e:
         return None, f"seeded random tokens (the checkpoint's data could not be read: {e})"
-    return (windows[:, :-1], windows[:, 1:]), f"{PROBE_WINDOWS} validation windows of the checkpoint's data"
+    return windows, f"{PROBE_WINDOWS} validation windows of the checkpoint's data (length {seq})"
 
 
 def grown_train_state(state: dict, result, rewarmup_steps: int) -> dict:
@@ -182,8 +193,18 @@ def grown_train_state(state: dict, result, rewarmup_steps: int) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     choice("--optimizer", args.optimizer, ("carry", "fresh"))
-    require(args.rewarmup_steps >= 0, f"--rewarmup-steps={args.rewarmup_steps} must be >= 0")
+    require(0 <= args.rewarmup_steps <= 10**12, f"--rewarmup-steps={args.rewarmup_steps} must be from 0 to 1e12")
+    require(math.isfinite(args.noise_std) and 0 <= args.noise_std <= 1,
+            f"--noise-std={args.noise_std} is not allowed; it must be a number from 0 to 1")
+    require(0 <= args.seed < 2**63, f"--seed={args.seed} is not allowed; it must be from 0 to 2**63 - 1")
     out = Path(args.out)
+    check_directory_path(out, "--out")
+    if args.hf is not None:  # a Hugging Face model in, a Hugging Face model out (cli/hf.py)
+        require(args.checkpoint is None, "give CHECKPOINT_DIR or --hf PATH, not both")
+        from transformer_grow.cli.hf import grow_hf_dir
+
+        return grow_hf_dir(args)
+    require(args.checkpoint is not None, "give CHECKPOINT_DIR (a checkpoint or run directory) or --hf PATH")
     try:
         resolve_checkpoint_dir(out)
     except ConfigError:
@@ -215,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         **options,
     )  # every refusal happens here, before data or models are touched
 
+    check_training_memory(target, TrainConfig(batch_size=1, max_steps=1, device="cpu"))
     model = model_from_checkpoint(ckpt)
     probe, probe_source = probe_batch(ckpt)
     result = grow(

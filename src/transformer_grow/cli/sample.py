@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
-from transformer_grow.cli.common import add_data_options
-from transformer_grow.cli.eval import data_config_of
+from transformer_grow.cli.eval import CHECKPOINT_DATA_FLAGS, data_config_of
 from transformer_grow.data import prepare_data
 from transformer_grow.device import resolve_device
 from transformer_grow.errors import ConfigError, require
@@ -37,17 +37,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps "
                                                           "(default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="do not show data-preparation progress bars")
-    add_data_options(parser)
+    CHECKPOINT_DATA_FLAGS.add_to(parser)
     parser.set_defaults(func=run)
     return parser
 
 
 def _validate(args: argparse.Namespace) -> None:
-    require(args.max_new_tokens >= 1, f"--max-new-tokens={args.max_new_tokens} is not allowed; it must be >= 1")
-    require(args.temperature >= 0, f"--temperature={args.temperature} is not allowed; it must be >= 0 (0: greedy)")
-    require(args.top_k is None or args.top_k >= 1, f"--top-k={args.top_k} is not allowed; it must be >= 1")
-    require(args.num_samples >= 1, f"--num-samples={args.num_samples} is not allowed; it must be >= 1")
-    require(args.seed >= 0, f"--seed={args.seed} is not allowed; it must be >= 0")
+    require(1 <= args.max_new_tokens <= 1 << 20,
+            f"--max-new-tokens={args.max_new_tokens} is not allowed; it must be from 1 to {1 << 20:,}")
+    require(math.isfinite(args.temperature) and 0 <= args.temperature <= 1e4,
+            f"--temperature={args.temperature} is not allowed; it must be a number from 0 (greedy) to 10000")
+    require(args.top_k is None or 1 <= args.top_k <= 1 << 32,
+            f"--top-k={args.top_k} is not allowed; it must be from 1 to {1 << 32:,}")
+    require(1 <= args.num_samples <= 10_000, f"--num-samples={args.num_samples} is not allowed; it must be from 1 "
+                                             "to 10,000")
+    require(0 <= args.seed < 2**63, f"--seed={args.seed} is not allowed; it must be from 0 to 2**63 - 1")
 
 
 def _prompt_ids(args: argparse.Namespace, tokenizer, vocab_size: int) -> list[int]:

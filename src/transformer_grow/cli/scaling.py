@@ -1,8 +1,11 @@
 """`tgrow scaling`: the scaling-law lab.
 
 - fit FILE: fit L(N), L(D), L(C), the Chinchilla form L(N, D) (Approach 3) and IsoFLOP profiles
-  (Approach 2) to our results JSONL or any CSV, with bootstrap intervals and leave-one-out validation
-  (one plan's runs; early-stopped runs are left out unless --include-early-stopped);
+  (Approach 2) to our results JSONL or any CSV, with bootstrap intervals, standard errors, prediction
+  intervals for new runs and leave-one-out validation (one plan's runs; early-stopped runs are left out
+  unless --include-early-stopped);
+- curve FILE: extrapolate a learning curve (CSV or metrics.jsonl) with the LR-annealing law and the
+  plain power law, with prediction intervals and a plot;
 - growth FILE: growth's FLOP saving over training from scratch as a function of model size, with
   intervals, extrapolated beyond the largest run (both plans' runs in one results file);
 - estimate: a grid's runs with their size, tokens, FLOPs and expected time from throughput measured
@@ -13,6 +16,8 @@
     tgrow scaling run --mode quick --out runs/scaling-quick
     tgrow scaling run --mode quick --plans scratch,g_stack --out runs/scaling-growth
     tgrow scaling fit runs/scaling-quick/results.jsonl
+    tgrow scaling fit published.csv --d-col tokens --c-col flops --drop-highest 2 --where "tokens >= 1e9"
+    tgrow scaling curve runs/train/metrics.jsonl --fit-fraction 0.5 --out curve/
     tgrow scaling growth runs/scaling-growth/results.jsonl --plan g_stack
 """
 
@@ -37,6 +42,7 @@ def add_parser(subparsers) -> None:
     sub = parser.add_subparsers(dest="scaling_command", metavar="SUBCOMMAND")
     sub.required = True
     _add_fit(sub)
+    _add_curve(sub)
     _add_growth(sub)
     _add_grid_commands(sub)
 
@@ -59,6 +65,21 @@ def _add_fit(sub) -> None:
     p.add_argument("--loss-col", default=None, help="column holding the final loss (default: final_val_loss)")
     p.add_argument("--drop-invalid", action="store_true",
                    help="leave out runs with a missing, non-numeric or non-positive value instead of refusing")
+    p.add_argument("--drop-highest", type=int, default=0, metavar="K",
+                   help="leave out the K runs with the highest loss (diverged or broken runs; default: 0)")
+    p.add_argument("--where", action="append", default=[], metavar="EXPR",
+                   help="keep only rows where EXPR holds: COLUMN OP VALUE joined by 'and', OP one of < <= > >= == "
+                        "!=, e.g. \"tokens >= 1e9 and arch == dense\" (repeatable; all must hold)")
+    p.add_argument("--fits", default=None, metavar="LIST",
+                   help="fits to run, comma-separated: chinchilla (Approach 3), isoflop (Approach 2), loss-n, loss-d, "
+                        "loss-c (single-variable laws), single (the three), all (default: all; Approach 2 is then "
+                        "skipped with a note when the runs are not on a few compute budgets, and refused when named)")
+    p.add_argument("--objective", default="huber", choices=("huber", "huber-mle", "mse", "mae"),
+                   help="loss on log residuals: huber (Hoffmann et al.), huber-mle (Huber likelihood with its scale "
+                        "fitted, Besiroglu et al. 2024), mse or mae (default: huber)")
+    p.add_argument("--no-projection", action="store_true",
+                   help="run every start of the grid by L-BFGS instead of projecting the starts (variable "
+                        "projection; slower, for checking)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="K",
                    help="bootstrap resamples for the intervals (default: 200; 0 turns the bootstrap off)")
     p.add_argument("--level", type=float, default=0.95, help="interval level (default: 0.95)")
@@ -82,6 +103,36 @@ def _add_fit(sub) -> None:
                                                 "one plan, else the 'scratch' runs)")
     _add_include_early_stopped(p)
     p.set_defaults(func=run_fit)
+
+
+def _add_curve(sub) -> None:
+    p = sub.add_parser(
+        "curve", help="extrapolate a learning curve (CSV or metrics.jsonl) to a later step, with intervals",
+        description="Fit the LR-annealing law (Tissue et al. 2024, written with the irreducible loss as its floor) "
+        "and the plain power law in steps to a learning curve and predict the loss at later steps, with prediction "
+        "intervals. The learning rate of every step comes from the lr column (logged rates, interpolated) or from "
+        "--schedule and its settings (a run still in progress). --fit-fraction holds the rest of the curve out to "
+        "check the prediction against it.")
+    p.add_argument("file", metavar="FILE", help="CSV with a header row, or a metrics.jsonl of tgrow train")
+    p.add_argument("--x-col", default="step", help="x axis column: steps (default) or another increasing count")
+    p.add_argument("--loss-col", default="val_loss", help="loss column (default: val_loss; e.g. train_loss)")
+    p.add_argument("--lr-col", default=None, help="learning-rate column (default: lr when present)")
+    p.add_argument("--fit-fraction", type=float, default=1.0,
+                   help="fit the points up to this fraction of the curve's x range, predict the rest (default: 1)")
+    p.add_argument("--at", type=float, nargs="+", default=None, metavar="X",
+                   help="predict at these x values (default: the end of the schedule or of the curve)")
+    s = p.add_argument_group("schedule (when the file does not log every rate up to the prediction; steps axis)")
+    s.add_argument("--schedule", default=None, choices=("cosine", "wsd", "constant"), help="LR schedule shape")
+    s.add_argument("--total-steps", type=int, default=None, help="length of the schedule in steps")
+    s.add_argument("--peak-lr", type=float, default=None, help="peak learning rate")
+    s.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps (default: 0)")
+    s.add_argument("--min-lr-ratio", type=float, default=0.1, help="final LR / peak LR (default: 0.1)")
+    s.add_argument("--decay-frac", type=float, default=0.2, help="wsd: share of the steps spent decaying (0.2)")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="residual-bootstrap refits (default: 200)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default: 0.95)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write curve.json and curve.png into DIR")
+    p.add_argument("--no-plots", action="store_true", help="with --out, skip curve.png")
+    p.set_defaults(func=run_curve)
 
 
 def _add_init_grid(p) -> None:
@@ -197,19 +248,21 @@ def _add_grid_commands(sub) -> None:
 
 
 def _fit_options(args):
-    from transformer_grow.scaling.analysis import FitOptions
+    from transformer_grow.scaling.analysis import FitOptions, parse_fits
     from transformer_grow.scaling.chinchilla import ChinchillaConfig
     from transformer_grow.scaling.powerlaw import PowerLawConfig
 
     require(len(args.predict_n) == len(args.predict_d), f"--predict-n has {len(args.predict_n)} values and "
                                                         f"--predict-d {len(args.predict_d)}; give one D per N")
     require(args.huber_delta > 0, f"--huber-delta {args.huber_delta} must be > 0")
+    require(args.drop_highest >= 0, f"--drop-highest {args.drop_highest} must be >= 0")
     grid = ChinchillaConfig if args.init_grid == "full" else ChinchillaConfig.reduced
-    return FitOptions(chinchilla=grid(huber_delta=args.huber_delta),
-                      power_law=PowerLawConfig(huber_delta=args.huber_delta),
+    fits = parse_fits(args.fits) if args.fits is not None else None
+    law = {"huber_delta": args.huber_delta, "objective": args.objective, "project": not args.no_projection}
+    return FitOptions(chinchilla=grid(**law), power_law=PowerLawConfig(**law),
                       n_bootstrap=args.bootstrap, level=args.level, seed=args.seed, isoflop_rtol=args.isoflop_rtol,
                       leave_one_out=not args.no_loo, predict_points=tuple(zip(args.predict_n, args.predict_d)),
-                      predict_flops=tuple(args.predict_c))
+                      predict_flops=tuple(args.predict_c), fits=fits)
 
 
 def _load_fit_data(args):
@@ -217,7 +270,7 @@ def _load_fit_data(args):
     from transformer_grow.scaling.data import data_from_records, load_scaling_data
 
     columns = {"n_col": args.n_col, "d_col": args.d_col, "c_col": args.c_col, "loss_col": args.loss_col,
-               "drop_invalid": args.drop_invalid}
+               "drop_invalid": args.drop_invalid, "where": tuple(args.where), "drop_highest": args.drop_highest}
     suffix = Path(args.file).suffix.lower()
     if args.format == "csv" or (args.format == "auto" and suffix == ".csv"):
         require(args.plan is None, "--plan selects runs of a results JSONL; a CSV file has no plans")
@@ -238,6 +291,8 @@ def run_fit(args) -> int:
     data, notes = _load_fit_data(args)
     for note in notes:
         print(f"note: {note}")
+    if options.n_bootstrap:
+        print(f"fitting, then {options.n_bootstrap} bootstrap resamples of the requested fits...", flush=True)
     analysis = analyse(data, options)
     if args.out is not None:
         summary = write_report(analysis, args.out, plots=not args.no_plots)
@@ -246,6 +301,85 @@ def run_fit(args) -> int:
     print(short_summary(summary))
     if args.out is not None:
         print(f"wrote {Path(args.out) / 'fit.json'}, fit.md" + (" and plots" if summary.get("plots") else ""))
+    return 0
+
+
+def _schedule_lrs(args):
+    """Per-step learning rates of --schedule (train.schedule.LRSchedule), or None without --schedule."""
+    if args.schedule is None:
+        for flag in ("total_steps", "peak_lr"):
+            require(getattr(args, flag) is None, f"--{flag.replace('_', '-')} describes a --schedule; give one")
+        return None
+    require(args.total_steps is not None and args.total_steps >= 2, "--schedule needs --total-steps (>= 2)")
+    require(args.peak_lr is not None and args.peak_lr > 0, "--schedule needs --peak-lr (> 0)")
+    require(args.x_col == "step", f"--schedule gives a rate per step; --x-col is {args.x_col!r}, use step")
+    require(0 <= args.min_lr_ratio <= 1, f"--min-lr-ratio {args.min_lr_ratio} must lie in [0, 1]")
+    require(0 < args.decay_frac <= 1, f"--decay-frac {args.decay_frac} must lie in (0, 1]")
+    require(args.warmup_steps >= 0, f"--warmup-steps {args.warmup_steps} must be >= 0")
+    from transformer_grow.train.schedule import LRSchedule
+
+    decay = max(1, round(args.decay_frac * args.total_steps)) if args.schedule == "wsd" else 0
+    schedule = LRSchedule(args.schedule, args.peak_lr, args.peak_lr * args.min_lr_ratio, args.warmup_steps,
+                          args.total_steps, decay)
+    return [schedule(i) for i in range(args.total_steps)]
+
+
+def run_curve(args) -> int:
+    import numpy as np
+
+    from transformer_grow.io import atomic_write_json
+    from transformer_grow.scaling.curve import fit_learning_curve
+    from transformer_grow.scaling.curve_data import load_curve
+    from transformer_grow.scaling.report import finite
+
+    require(0 < args.fit_fraction <= 1, f"--fit-fraction {args.fit_fraction} must lie in (0, 1]")
+    require(args.bootstrap >= 2, f"--bootstrap {args.bootstrap} must be >= 2")
+    require(0 < args.level < 1, f"--level {args.level} must lie between 0 and 1")
+    require(args.out is None or not Path(args.out).is_file(), f"--out {args.out!r} is a file; give a directory")
+    lrs = _schedule_lrs(args)
+    curve = load_curve(args.file, x_col=args.x_col, loss_col=args.loss_col, lr_col=args.lr_col, schedule_lrs=lrs,
+                       x_end=args.total_steps)
+    x0, x1 = float(curve.x[0]), float(curve.x[-1])
+    seen = curve.x <= x0 + args.fit_fraction * (x1 - x0) + 1e-9
+    end = curve.lrs.size * curve.unit if curve.lrs is not None else x1
+    targets = np.array(args.at if args.at else [end], dtype=float)
+    require(np.all(targets > 0), f"--at {args.at} must be positive")
+    steps = curve.steps
+    forms = {"power": fit_learning_curve(steps[seen], curve.loss[seen], n_bootstrap=args.bootstrap)}
+    if curve.lrs is not None:
+        last = curve.lrs.size * curve.unit
+        require(np.all(targets <= last + 1e-9), f"--at {targets.max():g} is past the last known learning rate "
+                f"({last:g}); give the whole schedule with --schedule or predict within it")
+        forms["lr_area"] = fit_learning_curve(steps[seen], curve.loss[seen], curve.lrs, n_bootstrap=args.bootstrap)
+    print(f"{int(seen.sum())} of {curve.x.size} points of {curve.source} fitted (columns: "
+          + ", ".join(f"{k} = {v}" for k, v in curve.columns.items()) + ")")
+    summary = {"source": curve.source, "columns": curve.columns, "fit_fraction": args.fit_fraction,
+               "n_fitted": int(seen.sum()), "level": args.level, "forms": {}}
+    held_out = ~seen
+    for name, fit in forms.items():
+        entry = {**fit.as_dict(), "predictions": []}
+        params = ", ".join(f"{k}={v:.4g}" for k, v in fit.params.items())
+        print(f"{name}: {params}")
+        for x in targets:
+            t = max(1.0, x / curve.unit)
+            lo, hi = fit.predict_interval(t, args.level)
+            entry["predictions"].append({"x": float(x), "loss": fit.predict(t), "pi": [lo, hi]})
+            print(f"  at {args.x_col}={x:g}: loss {fit.predict(t):.4f}, {args.level:.0%} prediction interval "
+                  f"[{lo:.4f}, {hi:.4f}]")
+        if held_out.any():
+            errors = fit.predict(steps[held_out]) / curve.loss[held_out] - 1.0
+            entry["held_out"] = {"n": int(held_out.sum()), "final_error": float(errors[-1]),
+                                 "median_abs_error": float(np.median(np.abs(errors)))}
+            print(f"  held-out points: final relative error {errors[-1]:+.2%}, median |error| "
+                  f"{np.median(np.abs(errors)):.2%}")
+        summary["forms"][name] = entry
+    if args.out is not None:
+        out = Path(args.out)
+        if not args.no_plots:
+            from transformer_grow.scaling.plots import write_curve_plot
+
+            summary["plot"] = write_curve_plot(curve, forms, seen, args.level, out / "curve.png").name
+        print(f"wrote {atomic_write_json(out / 'curve.json', finite(summary))}")
     return 0
 
 
@@ -380,6 +514,7 @@ def run_estimate(args) -> int:
 
 def run_grid_command(args) -> int:
     from transformer_grow.data import prepare_data
+    from transformer_grow.io import lock_run_dir
     from transformer_grow.lab.grid import SCRATCH, resolve_results_path, run_grid
     from transformer_grow.lab.runner import EarlyStopRule
 
@@ -394,8 +529,9 @@ def run_grid_command(args) -> int:
             print("note: early stopping applies to scratch runs only; growth runs always finish", file=sys.stderr)
     runner = _runner(args, spec, data_config, options, results, early_stop, progress=not args.no_progress)
     print(f"tgrow scaling run: grid {spec.name}, {len(spec.runs())} runs ({', '.join(spec.plans)}), results {results}")
-    runner.data = prepare_data(data_config, progress=not args.no_progress)
-    records = run_grid(spec, results, runner, settings_key=runner.settings_key, max_runs=args.max_runs)
+    with lock_run_dir(results.parent, "--out"):  # before the data: a second grid here is refused at once
+        runner.data = prepare_data(data_config, progress=not args.no_progress)
+        records = run_grid(spec, results, runner, settings_key=runner.settings_key, max_runs=args.max_runs)
     finished = len(records)
     stopped = sum(1 for r in records if r.get("early_stopped"))
     print(f"{finished}/{len(spec.runs())} runs in {results}" + (f" ({stopped} early-stopped)" if stopped else ""))

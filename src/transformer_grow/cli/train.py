@@ -15,29 +15,28 @@ from-scratch baseline's; the plan's stages are trained by :class:`~transformer_g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
 
 from transformer_grow.cli.common import (
-    DATA_FLAG_FIELDS,
-    MODEL_FLAG_FIELDS,
-    TRAIN_FLAG_FIELDS,
+    DATA_FLAGS,
+    MODEL_FLAGS,
+    TRAIN_FLAGS,
     add_config_options,
-    add_data_options,
-    add_model_options,
-    add_train_options,
     build_run_setup,
     check_device,
-    flag_values,
     load_config_file,
 )
 from transformer_grow.cli.plan import add_plan_options, run_plan_from_args
 from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.errors import ConfigError, require
-from transformer_grow.io import atomic_write_json
+from transformer_grow.io import atomic_write_json, lock_run_dir
+from transformer_grow.model import ModelConfig
 from transformer_grow.train import TrainConfig, Trainer, TrainingDiverged
 from transformer_grow.train.checkpoint import (
+    CHECKPOINT_DIRNAME,
     read_checkpoint_meta,
     resolve_checkpoint_dir,
 )
@@ -47,6 +46,8 @@ from transformer_grow.train.distributed import (
     maybe_distributed_session,
     resume_trainer,
 )
+from transformer_grow.train.memory import check_training_memory
+from transformer_grow.train.metrics import METRICS_FILENAME
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -61,19 +62,37 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="continue the run whose checkpoint is in DIR (a run or checkpoint directory); the "
                              "model comes from the checkpoint, train/data flags (e.g. a larger --max-steps) "
-                             "override the checkpointed settings")
+                             "override the checkpointed settings. With --plan: the plan run in DIR, whose "
+                             "lr, min-lr-ratio, warmup-steps and grad-clip may change (e.g. after a divergence)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars on stderr")
     parser.add_argument("--strategy", choices=("none", "ddp", "fsdp"), default="none",
                         help="data parallelism under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2), e.g. "
                              "torchrun --nproc_per_node 2 -m transformer_grow.cli.main train --strategy ddp ...; "
                              "--batch-size is the global batch (default: none, one process)")
     add_config_options(parser)
-    add_model_options(parser)
-    add_train_options(parser)
-    add_data_options(parser)
+    for flags in (MODEL_FLAGS, TRAIN_FLAGS, DATA_FLAGS):
+        flags.add_to(parser)
     add_plan_options(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+# Optimizer settings a resumed run may change (to recover from a divergence), logged as an event.
+RECOVERY_SETTINGS = ("lr", "min_lr_ratio", "warmup_steps", "grad_clip", "weight_decay", "beta1", "beta2")
+
+
+def diverged_line(error: Exception, run_dir: str | Path | None, command: str, lr: float) -> str:
+    """One line: what diverged, and the exact command that resumes from the last good checkpoint
+    with a lower learning rate (warmup and clipping may change on resume too)."""
+    text = " ".join(str(error).split())
+    try:
+        step = read_checkpoint_meta(run_dir)["train_state"]["step"] if run_dir is not None else None
+    except ConfigError:
+        step = None
+    if step is None:
+        return f"training diverged: {text}; no checkpoint was written yet: start again with a lower --lr"
+    return (f"training diverged: {text}; the last good checkpoint (step {step}) is kept in {run_dir}; resume it "
+            f"with a lower learning rate: {command} --lr {lr / 10:g}")
 
 
 def _print_start(trainer: Trainer, data, resumed: bool) -> None:
@@ -85,11 +104,12 @@ def _print_start(trainer: Trainer, data, resumed: bool) -> None:
           f"| data: {getattr(data, 'description', '')}", file=sys.stderr)
 
 
-def _fit(trainer: Trainer, main: bool = True) -> int:
+def _fit(trainer: Trainer, main: bool, run_dir: str | Path | None, command: str) -> int:
     try:
         summary = trainer.fit()
     except TrainingDiverged as e:
-        print(f"tgrow train: error: TrainingDiverged: {e}", file=sys.stderr)
+        if main:
+            print(f"tgrow train: error: {diverged_line(e, run_dir, command, trainer.config.lr)}", file=sys.stderr)
         return 1
     finally:
         trainer.close()
@@ -111,49 +131,70 @@ def _run_new(args: argparse.Namespace) -> int:
     setup = build_run_setup(args)
     env = args.dist_env
     main = env is None or env.is_main
-    with main_rank_first(env):  # under torchrun, rank 0 fills the token cache first
-        data = prepare_data(setup.data, progress=not args.no_progress and main)
-    model_config = setup.model_for(data)
-    trainer = make_trainer(model_config, setup.train, data, strategy=args.strategy, env=env, out_dir=out,
-                           data_config=setup.data, progress=not args.no_progress)
-    if main:
-        atomic_write_json(out / "config.json", {"model": model_config.to_dict(), "train": setup.train.to_dict(),
-                                                "data": dataclasses.asdict(setup.data),
-                                                "data_fingerprint": data.fingerprint})
-        _print_start(trainer, data, resumed=False)
-    return _fit(trainer, main)
+    with _locked(out, main):
+        if main:  # records of a run killed before its first checkpoint would read as this run's
+            (out / METRICS_FILENAME).unlink(missing_ok=True)
+        with main_rank_first(env):  # under torchrun, rank 0 fills the token cache first
+            data = prepare_data(setup.data, progress=not args.no_progress and main)
+        model_config = setup.model_for(data)
+        check_training_memory(model_config, setup.train)
+        trainer = make_trainer(model_config, setup.train, data, strategy=args.strategy, env=env, out_dir=out,
+                               data_config=setup.data, progress=not args.no_progress)
+        if main:
+            atomic_write_json(out / "config.json", {"model": model_config.to_dict(), "train": setup.train.to_dict(),
+                                                    "data": dataclasses.asdict(setup.data),
+                                                    "data_fingerprint": data.fingerprint})
+            _print_start(trainer, data, resumed=False)
+        return _fit(trainer, main, out, f"tgrow train --resume {out}")
 
 
 def _run_resume(args: argparse.Namespace) -> int:
     meta = read_checkpoint_meta(args.resume)
     file = load_config_file(args.config) if args.config else {"preset": None, "model": {}, "train": {}, "data": {}}
-    model_flags = sorted(flag_values(args, MODEL_FLAG_FIELDS)) + (["preset"] if args.preset else [])
+    model_flags = sorted(MODEL_FLAGS.given(args)) + (["preset"] if args.preset else [])
     model_file = sorted(file["model"]) + (["preset"] if file["preset"] else [])
     require(not model_flags and not model_file,
             f"model settings ({', '.join(model_flags + model_file)}) cannot change when resuming; the model "
             f"comes from the checkpoint in {args.resume!r}")
     state = meta["train_state"]
-    train = TrainConfig.from_dict({**state["train_config"], **file["train"], **flag_values(args, TRAIN_FLAG_FIELDS)})
-    data_settings = {**(state.get("data_config") or {}), **file["data"], **flag_values(args, DATA_FLAG_FIELDS)}
+    train = TrainConfig.from_dict({**state["train_config"], **file["train"], **TRAIN_FLAGS.given(args)})
+    data_settings = {**(state.get("data_config") or {}), **file["data"], **DATA_FLAGS.given(args)}
     check_device(train)
     data_config = DataConfig(**data_settings)
     data_config.validate()
+    check_training_memory(ModelConfig.from_dict(meta["model_config"]), train)
     env = args.dist_env
     main = env is None or env.is_main
-    with main_rank_first(env):
-        data = prepare_data(data_config, progress=not args.no_progress and main)
-    trainer = resume_trainer(args.resume, data, strategy=args.strategy, env=env, train_config=train, out_dir=args.out,
-                             data_config=data_config, progress=not args.no_progress)
-    if main:
-        _print_start(trainer, data, resumed=True)
-    return _fit(trainer, main)
+    ckpt_dir = resolve_checkpoint_dir(args.resume)
+    out = Path(args.out) if args.out else ckpt_dir.parent if ckpt_dir.name in (
+        CHECKPOINT_DIRNAME, f".{CHECKPOINT_DIRNAME}.old") else None
+    with _locked(out, main):
+        with main_rank_first(env):
+            data = prepare_data(data_config, progress=not args.no_progress and main)
+        trainer = resume_trainer(args.resume, data, strategy=args.strategy, env=env, train_config=train,
+                                 out_dir=args.out, data_config=data_config, progress=not args.no_progress)
+        if main:
+            changes = {name: [state["train_config"].get(name), value] for name, value in train.to_dict().items()
+                       if name in RECOVERY_SETTINGS and state["train_config"].get(name) != value}
+            if changes:  # e.g. a lower learning rate after a divergence: on the record, next to the losses
+                trainer.log(event="optimizer_settings_changed", changes=changes)
+            _print_start(trainer, data, resumed=True)
+        return _fit(trainer, main, out, f"tgrow train --resume {args.out or args.resume}")
+
+
+def _locked(out: Path | None, main: bool):
+    """The run directory's lock, held by the main process (other ranks write nothing there)."""
+    return lock_run_dir(out, "run directory") if out is not None and main else contextlib.nullcontext()
 
 
 def run(args: argparse.Namespace) -> int:
     with maybe_distributed_session(args.strategy, args.device or "auto") as env:
         args.dist_env = env
         if args.plan is not None:
-            require(args.resume is None, "--plan and --resume cannot be combined; a plan run resumes when the same "
-                                         "command (same --out) is run again")
-            return run_plan_from_args(args)
+            if args.resume is not None:  # explicit: the optimizer settings (e.g. --lr) may change
+                require(args.out is None or Path(args.out) == Path(args.resume),
+                        f"--resume {args.resume!r} and --out {args.out!r} differ; a plan run resumes in its own "
+                        "directory (give one of them)")
+                args.out = args.resume
+            return run_plan_from_args(args, resume=args.resume is not None)
         return _run_resume(args) if args.resume else _run_new(args)

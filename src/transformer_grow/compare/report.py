@@ -1,7 +1,7 @@
 """Speedup arithmetic and the comparison report (JSON, Markdown, PNG).
 
-Speedup of a growth plan over the baseline (GROWTH-NOTES §4), on each axis (FLOPs, wall-clock
-seconds, tokens):
+Speedup of a growth plan over the baseline (the speedup ratio of Du et al. 2024, "Stacking Your
+Transformers": the cost of reaching the same loss), on each axis (FLOPs, wall-clock seconds, tokens):
 
     speedup = x_baseline(L*) / x_plan(L*)
 
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from transformer_grow.compare.sections import extra_sections
 from transformer_grow.growth.record import EvalPoint, RunRecord
 from transformer_grow.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -140,9 +141,11 @@ def speedup_table(report: dict[str, Any]) -> list[str]:
 def markdown_summary(report: dict[str, Any]) -> str:
     """The comparison as a Markdown document."""
     s = report["settings"]
+    seeds = report.get("seeds", [])
+    first = f" (seed {seeds[0]}; every seed below)" if len(seeds) > 1 else ""
     lines = [f"# Growth comparison: {s.get('preset', 'custom')}", "",
              f"Target model: {s.get('target', '?')}. Budget: {s.get('budget_description', '?')}.",
-             f"Baseline `{report['baseline']}` final validation loss: **{report['target_loss']:.4f}**.", "",
+             f"Baseline `{report['baseline']}` final validation loss{first}: **{report['target_loss']:.4f}**.", "",
              *speedup_table(report), ""]
     early = [name for name, entry in report["speedup"].items() if entry.get("reached_before_final_stage")]
     if early:
@@ -150,6 +153,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
                 "smaller model: at this budget the target is larger than compute-optimal, so that part of the "
                 "speedup comes from training the smaller model longer, not from growth itself.")
         lines += [note, ""]
+    lines += extra_sections(report)
     lines += [f"Definition: {report['definition']}.", "", f"FLOPs: {s.get('flops_formula', '')}.", ""]
     if s.get("wall_clock_note"):
         lines += [f"Wall clock: {s['wall_clock_note']}", ""]
@@ -162,7 +166,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
         for event in run.get("events", []):
             lines.append(f"- growth at step {event.get('step')}: {event.get('description', '')}")
         lines.append("")
-    lines += ["Plots (dotted vertical lines: growth events, in the run's colour):", "",
+    lines += [("Plots of the first seed's runs (dashed: the baseline; dotted curves: small-only controls; dotted "
+               "vertical lines: growth events, in the run's colour):"), "",
               f"![validation loss against FLOPs]({PLOTS['flops'][0]})",
               f"![validation loss against wall-clock time]({PLOTS['wall_seconds'][0]})", ""]
     return "\n".join(lines)
@@ -184,7 +189,8 @@ def plot_curves(report: dict[str, Any], axis: str, path: str | Path) -> Path:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for run in report["runs"]:
-        style = "--" if run["name"] == report["baseline"] else "-"
+        kind = report.get("methods", {}).get(run["name"], {}).get("kind")
+        style = "--" if run["name"] == report["baseline"] else ":" if kind == "control" else "-"
         (line,) = ax.plot([p[axis] for p in run["curve"]], [p["val_loss"] for p in run["curve"]], style, marker=".",
                           label=run["name"])
         for event in run.get("events", []):  # growth events: a faint vertical line in the run's colour

@@ -8,10 +8,16 @@ plan spends the baseline's FLOPs (a plan with cheaper early stages trains on mor
 
 Output directory::
 
-    compare.json          the settings (a rerun with other settings is refused)
-    runs/<name>/          one resumable run per plan (checkpoint/, metrics.jsonl, result.json)
-    report.json           runs, speedups, losses at equal FLOPs (written last, atomically)
+    compare.json                   the settings (a rerun with other settings is refused)
+    runs/seed{S}/<name>/           one resumable run per method and seed (checkpoint/, metrics.jsonl,
+                                   result.json); runs/seed{S}/budget{F}/<name>/ at budget fraction F
+    report.json                    runs, speedups, losses at equal FLOPs, intervals over seeds, verdicts
+                                   against the controls, regime, compute multiplier (written last, atomically)
     report.md, loss_vs_flops.png, loss_vs_wall.png
+
+The methods (:mod:`~transformer_grow.compare.methods`): the baseline, the plans and, with
+``controls``, each plan's first-stage model trained alone on the baseline's FLOPs; each once per
+seed and, with ``budgets``, once per budget fraction (:mod:`~transformer_grow.compare.budgets`).
 
 The runs take turns (one evaluation interval each, round by round) so that the machine's load,
 which on a shared machine changes by the minute, weighs on every run alike; ``interleave=False``
@@ -30,19 +36,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformer_grow.compare.report import RunRecord, build_report, speedup_table, write_report
+from transformer_grow.compare.methods import BASELINE, RunSpec, run_specs
+from transformer_grow.compare.regime import CHINCHILLA_PLACEHOLDER, ComputeOptimalLaw, regime, regime_lines
+from transformer_grow.compare.report import RunRecord, speedup_table, write_report
+from transformer_grow.compare.sections import aggregate_table
+from transformer_grow.compare.summary import build_compare_report
 from transformer_grow.data import DataConfig
 from transformer_grow.errors import ConfigError, require
-from transformer_grow.growth.accounting import FLOPS_FORMULA, account_plan, flops_per_token
+from transformer_grow.growth.accounting import FLOPS_FORMULA, account_plan, flops_per_token, param_counts
 from transformer_grow.growth.builders import PLAN_NAMES, PlanOptions, build_plan
 from transformer_grow.growth.manager import GrowthManager, check_growth_events, log_to_stderr
 from transformer_grow.growth.plan import describe_config
-from transformer_grow.io import atomic_write_json, read_json
+from transformer_grow.io import atomic_write_json, lock_run_dir, read_json
 from transformer_grow.model import ModelConfig, preset
 from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.memory import check_training_memory
 
-BASELINE = "scratch"
 SETTINGS_FILENAME = "compare.json"
+MAX_BUDGET_TOKENS = 10**15
+# A plan may overspend the baseline's budget by this much (its stages are whole steps); the presets'
+# plans stay within 0.2%.
+BUDGET_TOLERANCE = 0.05
 
 
 @dataclass
@@ -51,6 +65,27 @@ class CompareConfig:
 
     ``target`` is a model config without its final vocabulary (set from the data);
     ``train.batch_size`` counts sequences of the target's ``seq_len``.
+
+    Attributes:
+        name: the comparison's name (a preset's name, or a label).
+        target: the model every plan grows into; the baseline trains it from scratch.
+        budget_tokens: the baseline's token budget (e.g. 2M).
+        plans: the growth plans compared with the baseline (``scratch`` always runs).
+        train: the training settings of every run.
+        data: the corpus and tokenizer of every run.
+        plan_options: the settings of the growth plans.
+        n_evals: validation points over the budget.
+        eval_windows: number of fixed validation windows.
+        controls: also train each plan's first-stage model alone, never grown, on the baseline's
+            FLOPs (a ``small-only:L4`` control per distinct first-stage model): a plan that does not
+            beat it gains nothing from growing.
+        seeds: seeds of initialisation and data order; every method runs once per seed and the
+            report gives the mean and a 90% Student t interval over them.
+        budgets: fractions of the budget (e.g. 0.25,0.5) at which every method also trains, each with
+            its own full schedule, for the schedule-fair effective compute multiplier (the full
+            budget always runs); unset: the full budget only.
+        compute_optimal: the law ``N_opt(C) = coefficient * C^exponent`` the report checks the
+            target's size against (``{coefficient: G, exponent: a, source: text}``).
     """
 
     name: str
@@ -62,6 +97,10 @@ class CompareConfig:
     plan_options: PlanOptions = field(default_factory=PlanOptions)
     n_evals: int = 20
     eval_windows: int = 32
+    controls: bool = True
+    seeds: list[int] = field(default_factory=lambda: [0])
+    budgets: list[float] | None = None
+    compute_optimal: ComputeOptimalLaw | None = CHINCHILLA_PLACEHOLDER
 
     def validate(self) -> None:
         require(isinstance(self.plans, list) and len(self.plans) >= 1, "compare needs at least one growth plan")
@@ -70,23 +109,84 @@ class CompareConfig:
                     f"plan {name!r} is not a growth plan; choose from "
                     f"{', '.join(p for p in PLAN_NAMES if p != BASELINE)} (the baseline 'scratch' always runs)")
         require(len(set(self.plans)) == len(self.plans), f"plans {self.plans} list a plan twice")
-        require(isinstance(self.budget_tokens, int) and self.budget_tokens > 0,
-                f"budget_tokens={self.budget_tokens!r} must be a positive integer")
+        require(isinstance(self.budget_tokens, int) and 0 < self.budget_tokens <= MAX_BUDGET_TOKENS,
+                f"budget_tokens={self.budget_tokens!r} must be a positive integer of at most {MAX_BUDGET_TOKENS:.0e}")
+        for name, least, most in (("n_evals", 2, 10_000), ("eval_windows", 1, 1 << 20)):
+            value = getattr(self, name)
+            require(isinstance(value, int) and least <= value <= most,
+                    f"{name}={value!r} is not allowed; it must be an integer from {least} to {most:,}")
         self.data.validate()
+        self.plan_options.validate()
         # Build every plan once with a provisional vocabulary (growth does not depend on it), so a bad
         # plan setting is refused before the data is prepared.
         vocab = 256 if self.data.tokenizer == "bytes" else self.data.vocab_size
         target = self.target.replace(vocab_size=vocab)
+        check_training_memory(target, self.train)
+        batch_tokens = self.train.batch_size * target.seq_len
+        accounts = {}
         for name in [BASELINE, *self.plans]:
             plan = build_plan(name, target, self.budget_tokens, self.plan_options)
-            account_plan(plan, self.train.batch_size * target.seq_len)
+            accounts[name] = account_plan(plan, batch_tokens)
             check_growth_events(plan)
+        require(self.budget_tokens >= self.n_evals * batch_tokens,
+                f"budget_tokens={self.budget_tokens:,} is too small: the baseline must take at least one step of "
+                f"{batch_tokens:,} tokens per evaluation interval, so at least n_evals x batch_size x seq_len = "
+                f"{self.n_evals * batch_tokens:,} tokens")
+        for name in self.plans:
+            self._check_budget_held(name, accounts[name], accounts[BASELINE])
+        self._validate_runs(target, batch_tokens)
+
+    def _check_budget_held(self, name: str, account, baseline) -> None:
+        """Refuse a plan that, rounded to whole steps, spends clearly more than the baseline: its
+        comparison would not be on one budget (this happens when the budget is a few steps long)."""
+        mode = self.plan_options.budget_mode
+        spent, allowed = ((account.total_flops, baseline.total_flops) if mode == "flops"
+                          else (account.total_tokens, baseline.total_tokens))
+        unit = "FLOPs" if mode == "flops" else "tokens"
+        require(spent <= allowed * (1 + BUDGET_TOLERANCE),
+                f"plan {name!r} would spend {spent / allowed:.2f}x the baseline's {unit} "
+                f"once its stages are rounded to whole steps of {account.tokens_per_step:,} tokens; raise "
+                f"budget_tokens (now {self.budget_tokens:,}) so that every stage takes many steps")
+
+    def fractions(self) -> list[float]:
+        """The budget fractions every method trains at: 1.0 (the full budget) first, then ``budgets``."""
+        return [1.0, *sorted({float(f) for f in self.budgets or []} - {1.0})]
+
+    def _validate_runs(self, target: ModelConfig, batch_tokens: int) -> None:
+        """Seeds, budgets, controls and the compute-optimal law; builds every run's plan."""
+        require(isinstance(self.controls, bool), f"controls={self.controls!r} is not allowed; give true or false")
+        require(isinstance(self.seeds, list) and 1 <= len(self.seeds) <= 1000
+                and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in self.seeds),
+                f"seeds={self.seeds!r} is not allowed; give 1 to 1000 integers from 0 to 2^63-1 (e.g. 0,1,2)")
+        require(len(set(self.seeds)) == len(self.seeds), f"seeds={self.seeds} lists a seed twice")
+        if self.budgets is not None:
+            require(isinstance(self.budgets, list) and len(self.budgets) >= 1
+                    and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
+                            for f in self.budgets) and len(self.fractions()) >= 2,
+                    f"budgets={self.budgets!r} is not allowed; give fractions of the budget in (0, 1], at least one "
+                    "below 1 (e.g. 0.25,0.5; the full budget always runs)")
+            smallest = min(self.fractions())
+            require(smallest * self.budget_tokens >= self.n_evals * batch_tokens,
+                    f"budgets fraction {smallest:g} is too small: {round(smallest * self.budget_tokens):,} tokens "
+                    f"give less than one step of {batch_tokens:,} tokens per evaluation interval (n_evals="
+                    f"{self.n_evals}); raise it or budget_tokens")
+        if self.compute_optimal is not None:
+            require(isinstance(self.compute_optimal, ComputeOptimalLaw),
+                    f"compute_optimal={self.compute_optimal!r} is not allowed; give {{coefficient, exponent, source}}")
+            self.compute_optimal.validate()
+        for spec in run_specs(target, self.budget_tokens, self.plans, self.plan_options, self.controls,
+                              self.seeds[:1], self.fractions()):
+            account_plan(spec.plan, batch_tokens)
+            check_growth_events(spec.plan)
 
     def to_dict(self) -> dict[str, Any]:
         options = dataclasses.asdict(self.plan_options)
+        law = None if self.compute_optimal is None else dataclasses.asdict(self.compute_optimal)
         return {"name": self.name, "target": self.target.to_dict(), "budget_tokens": self.budget_tokens,
                 "plans": list(self.plans), "train": self.train.to_dict(), "data": dataclasses.asdict(self.data),
-                "plan_options": options, "n_evals": self.n_evals, "eval_windows": self.eval_windows}
+                "plan_options": options, "n_evals": self.n_evals, "eval_windows": self.eval_windows,
+                "controls": self.controls, "seeds": list(self.seeds), "budgets": self.fractions()[1:] or None,
+                "compute_optimal": law}
 
 
 # Growth settings chosen from benchmarks/compare_sweep.py on the quick preset (FLOPs speedup at 50%:
@@ -160,21 +260,28 @@ def run_compare(config: CompareConfig, out_dir: str | Path, data=None, log: Call
     (interleaved) stop early with ``None`` (run again to continue): a time-boxed session or a test.
     ``log`` receives the final speedup table (default: print).
     """
+    config.validate()
+    with lock_run_dir(out_dir, "compare output directory"):
+        return _run_compare_locked(config, Path(out_dir), data, log or print, progress_log, interleave, max_runs,
+                                   max_rounds)
+
+
+def _run_compare_locked(config: CompareConfig, out_dir: Path, data, log: Callable[[str], None],
+                        progress_log: Callable[[str], None] | None, interleave: bool, max_runs: int | None,
+                        max_rounds: int | None) -> dict[str, Any] | None:
     from transformer_grow.data import prepare_data
 
-    config.validate()
-    log = log or print
-    out_dir = Path(out_dir)
     if data is None:
         data = prepare_data(config.data)
     target = config.target.replace(vocab_size=int(data.vocab_size))
     data.check_seq_len(target.seq_len)
-    managers = []
-    for name in [BASELINE, *config.plans]:  # every plan is built and checked before any training
-        plan = build_plan(name, target, config.budget_tokens, config.plan_options)
-        managers.append(GrowthManager(target, plan, train_config=config.train, n_evals=config.n_evals,
-                                      eval_windows=config.eval_windows, out_dir=out_dir / "runs" / name,
-                                      log=progress_log, data_config=config.data))
+    specs = run_specs(target, config.budget_tokens, config.plans, config.plan_options, config.controls,
+                      config.seeds, config.fractions())
+    managers = [GrowthManager(target, spec.plan, train_config=config.train.replace(seed=spec.seed),
+                              n_evals=config.n_evals, eval_windows=config.eval_windows,
+                              out_dir=out_dir / spec.directory, name=spec.label, log=progress_log,
+                              data_config=config.data)
+                for spec in specs]  # every run is built and checked before any training
     settings = {**config.to_dict(), "target": target.to_dict(), "data_fingerprint": data.fingerprint}
     _check_settings(out_dir, settings)
     say = progress_log or (lambda line: None)
@@ -184,11 +291,25 @@ def run_compare(config: CompareConfig, out_dir: str | Path, data=None, log: Call
         records = _run_sequential(managers, data, say, max_runs)
     if records is None:
         return None
-    report = build_report(records, BASELINE, _report_settings(config, target, data, interleave))
+    report = build_compare_report(_named(specs, records), _report_settings(config, target, data, interleave),
+                                  _regime(config, target))
     write_report(report, out_dir)
-    for line in speedup_table(report):
+    for line in [*speedup_table(report), "", *aggregate_table(report), "", *regime_lines(report["regime"]), ""]:
         log(line)
+    for verdict in report["verdicts"].values():
+        for line in verdict["lines"]:
+            log(line)
     return report
+
+
+def _named(specs: list[RunSpec], records: list[RunRecord]) -> list[tuple[RunSpec, RunRecord]]:
+    """Each run's record under its method's name (the runs were labelled with seed and budget)."""
+    return [(spec, dataclasses.replace(record, name=spec.method.name)) for spec, record in zip(specs, records)]
+
+
+def _regime(config: CompareConfig, target: ModelConfig) -> dict[str, Any]:
+    return regime(config.compute_optimal, param_counts(target)[1], config.budget_tokens,
+                  float(config.budget_tokens * flops_per_token(target)))
 
 
 def _run_sequential(managers: list[GrowthManager], data, say, max_runs: int | None) -> list[RunRecord] | None:
@@ -206,31 +327,32 @@ def _run_sequential(managers: list[GrowthManager], data, say, max_runs: int | No
 def _run_interleaved(managers: list[GrowthManager], data, n_evals: int, say,
                      max_rounds: int | None) -> list[RunRecord] | None:
     """Round k trains every unfinished run up to k / n_evals of its budget; a last round finishes them."""
-    results: dict[str, RunRecord] = {}
+    results: dict[int, RunRecord] = {}  # by position: runs of several seeds and budgets share a method's name
     started = time.perf_counter()
+    names = ", ".join(m.name for m in managers) if len(managers) <= 6 else f"{len(managers)} runs"
     try:
-        for manager in managers:
+        for i, manager in enumerate(managers):
             finished = manager.open(data)
             if finished is not None:
-                results[manager.name] = finished.record
+                results[i] = finished.record
         for k in range(1, n_evals + 2):
             if len(results) == len(managers):
                 break
             if max_rounds is not None and k > max_rounds:
                 return None
-            for manager in managers:
-                if manager.name not in results:
+            for i, manager in enumerate(managers):
+                if i not in results:
                     done = manager.advance(until_fraction=k / n_evals if k <= n_evals else None)
                     if done is not None:
-                        results[manager.name] = done.record
+                        results[i] = done.record
             elapsed = time.perf_counter() - started
             rounds = min(k, n_evals)
-            say(f"== round {rounds}/{n_evals} done: {', '.join(m.name for m in managers)}; {elapsed:.0f}s elapsed, "
+            say(f"== round {rounds}/{n_evals} done: {names}; {elapsed:.0f}s elapsed, "
                 f"ETA {elapsed * (n_evals - rounds) / rounds:.0f}s")
     finally:
         for manager in managers:
             manager.close()
-    return [results[m.name] for m in managers]
+    return [results[i] for i in range(len(managers))]
 
 
 def _report_settings(config: CompareConfig, target: ModelConfig, data, interleave: bool) -> dict[str, Any]:
@@ -249,7 +371,8 @@ def _report_settings(config: CompareConfig, target: ModelConfig, data, interleav
             "plan_options": dataclasses.asdict(config.plan_options), "n_evals": config.n_evals,
             "eval_windows": config.eval_windows, "data": getattr(data, "description", ""),
             "data_fingerprint": getattr(data, "fingerprint", None),
-            "interleaved": interleave,
+            "interleaved": interleave, "controls": config.controls, "seeds": list(config.seeds),
+            "budget_fractions": config.fractions(),
             "wall_clock_note": ("training-step and growth time of each run, measured in this process; evaluation and "
                                 "checkpointing excluded; " + (
                                     "the runs took turns every evaluation interval, so other load on the machine "

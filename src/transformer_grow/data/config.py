@@ -6,12 +6,22 @@ starts, raising :class:`~transformer_grow.errors.ConfigError` with a message nam
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.io import check_directory_path
+
+
+def _is_codec(name: str) -> bool:
+    """A text encoding Python knows (``bytes.decode`` refuses the others, such as base64)."""
+    try:
+        return bool(getattr(codecs.lookup(name), "_is_text_encoding", True))
+    except LookupError:
+        return False
 
 TOKENIZERS = ("bpe", "bytes")
 TOKEN_DTYPES = ("uint16", "uint32")
@@ -23,6 +33,7 @@ MAX_BPE_VOCAB_SIZE = 1 << 20
 # Token ids are stored as uint32 at most.
 MAX_TOKEN_VOCAB_SIZE = 1 << 32
 CACHE_ENV_VAR = "TGROW_CACHE"
+ENCODING_ERRORS = ("strict", "replace", "ignore")
 HF_PREFIX = "hf:"
 
 
@@ -48,6 +59,10 @@ class DataConfig:
         cache_dir: where tokenizers and token arrays are cached; default ``$TGROW_CACHE`` or
             ``~/.cache/transformer_grow``.
         token_dtype: element type of a raw ``.bin`` token file: ``"uint16"`` or ``"uint32"``.
+        encoding: text encoding of the corpus files (any Python codec name, e.g. ``latin-1``).
+        encoding_errors: bytes that are not valid text in ``encoding``: ``strict`` refuses the file
+            (naming it and the byte offset; a NUL byte counts as binary), ``replace`` substitutes
+            U+FFFD, ``ignore`` drops them.
     """
 
     corpus: str = "stdlib"
@@ -56,6 +71,8 @@ class DataConfig:
     val_fraction: float = 0.05
     cache_dir: str | None = None
     token_dtype: str | None = None
+    encoding: str = "utf-8"
+    encoding_errors: str = "strict"
 
     @property
     def corpus_kind(self) -> str:
@@ -83,6 +100,11 @@ class DataConfig:
         choice("tokenizer", self.tokenizer, TOKENIZERS)
         require(isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool),
                 f"vocab_size={self.vocab_size!r} is not allowed; it must be an integer")
+        require(not isinstance(self.vocab_size, bool) and 0 < self.vocab_size <= MAX_TOKEN_VOCAB_SIZE,
+                f"vocab_size={self.vocab_size!r} is not allowed; it must lie in [1, {MAX_TOKEN_VOCAB_SIZE}]")
+        require(isinstance(self.encoding, str) and _is_codec(self.encoding),
+                f"encoding={self.encoding!r} is not a known text encoding (examples: utf-8, latin-1, cp1252)")
+        choice("encoding_errors", self.encoding_errors, ENCODING_ERRORS)
         require(isinstance(self.val_fraction, (int, float)) and 0.0 < self.val_fraction < 1.0,
                 f"val_fraction={self.val_fraction!r} is not allowed; it must lie strictly between 0 and 1")
         if self.token_dtype is not None:
@@ -106,8 +128,7 @@ class DataConfig:
         if self.cache_dir is not None:
             require(isinstance(self.cache_dir, str) and self.cache_dir.strip() != "",
                     f"cache_dir={self.cache_dir!r} is not allowed; give a directory path or None")
-            path = Path(self.cache_dir).expanduser()
-            require(not path.exists() or path.is_dir(), f"cache_dir={self.cache_dir!r} exists and is not a directory")
+            check_directory_path(self.cache_dir, "cache_dir")
 
     def _validate_token_file(self) -> None:
         path = Path(self.corpus).expanduser()

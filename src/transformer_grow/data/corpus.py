@@ -107,6 +107,8 @@ class FileCorpus:
     val_fraction: float
     single_file: bool = False
     version_tag: str = ""
+    encoding: str = "utf-8"
+    errors: str = "strict"  # or "replace"/"ignore": what to do with bytes that are not valid text
     assignment: dict[str, str] = field(init=False)
     _identity: dict[str, str] = field(init=False, default_factory=dict)
 
@@ -136,8 +138,23 @@ class FileCorpus:
         return len(self.split_files(split))
 
     def _read(self, rel: str) -> str:
-        # errors="replace": a stray non-UTF-8 byte must not stop training on an otherwise good corpus.
-        return (self.root / rel).read_bytes().decode("utf-8", errors="replace")
+        return self._decode(rel, (self.root / rel).read_bytes())
+
+    def _decode(self, rel: str, data: bytes) -> str:
+        """The text of file ``rel``. Strict by default: a binary file or one in another encoding is
+        refused (naming the file and the byte offset) rather than trained on as replacement characters."""
+        path = self.root / rel
+        advice = "convert it, or choose how to read it with --encoding ENCODING and/or --encoding-errors replace"
+        if self.errors == "strict":
+            nul = data.find(b"\0")
+            if nul >= 0:
+                raise ConfigError(f"corpus file {str(path)!r} holds a NUL byte at byte offset {nul}: it looks "
+                                  f"binary, not text; {advice}")
+        try:
+            return data.decode(self.encoding, errors=self.errors)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"corpus file {str(path)!r} is not valid {self.encoding} text at byte offset {e.start} "
+                              f"({e.reason}); {advice}") from None
 
     def documents(self, split: str) -> Iterator[str]:
         """The documents of ``split`` in sorted order (a single file yields newline-aligned pieces)."""
@@ -160,11 +177,15 @@ class FileCorpus:
         if key not in self._identity:
             h = hashlib.blake2b(digest_size=16)
             h.update(f"file-corpus v1|{self.version_tag}|single={self.single_file}\n".encode())
+            if (self.encoding, self.errors) != ("utf-8", "strict"):  # the defaults keep existing caches valid
+                h.update(f"encoding={self.encoding}|errors={self.errors}\n".encode())
             if split is None or self.single_file:
                 h.update(f"val_fraction={self.val_fraction!r}\n".encode())
             names = self.files if split is None else self.split_files(split)
             for rel in names:
                 data = (self.root / rel).read_bytes()
+                if self.errors == "strict":  # refused even when its tokens are cached from a lenient run
+                    self._decode(rel, data)
                 h.update(f"{rel}\0{len(data)}\0".encode())
                 h.update(hashlib.blake2b(data, digest_size=16).digest())
             if self.single_file and split is not None:
@@ -223,8 +244,11 @@ def python_version_tag() -> str:
     return f"{platform.python_implementation()}-{'.'.join(map(str, sys.version_info[:3]))}"
 
 
-def open_text_corpus(corpus: str, val_fraction: float, hf_parts: tuple[str, str | None, str] | None = None):
-    """The :class:`FileCorpus` (or :class:`HFCorpus`) that ``corpus`` names (already validated)."""
+def open_text_corpus(corpus: str, val_fraction: float, hf_parts: tuple[str, str | None, str] | None = None,
+                     encoding: str = "utf-8", errors: str = "strict"):
+    """The :class:`FileCorpus` (or :class:`HFCorpus`) that ``corpus`` names (already validated);
+    ``encoding``/``errors`` say how a user's text files are decoded (the stdlib is UTF-8)."""
+    reading = {"encoding": encoding, "errors": errors}
     if corpus == "stdlib":
         root = stdlib_root()
         return FileCorpus(label=f"stdlib ({python_version_tag()})", root=root, files=list_stdlib_files(root),
@@ -235,10 +259,10 @@ def open_text_corpus(corpus: str, val_fraction: float, hf_parts: tuple[str, str 
     path = Path(corpus).expanduser().resolve()
     if path.is_file():
         return FileCorpus(label=str(path), root=path.parent, files=[path.name], val_fraction=val_fraction,
-                          single_file=True)
+                          single_file=True, **reading)
     files = list_text_files(path)
     require(len(files) > 0, f"corpus={corpus!r} contains no text files (looked for suffixes "
                             f"{', '.join(sorted(TEXT_SUFFIXES))})")
     # A directory holding a single text file is split by position, like that file on its own.
     return FileCorpus(label=str(path), root=path, files=files, val_fraction=val_fraction,
-                      single_file=len(files) == 1)
+                      single_file=len(files) == 1, **reading)

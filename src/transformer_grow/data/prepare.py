@@ -55,7 +55,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TokenData:
     if cfg.corpus_kind == "tokens":
         return _load_token_file(cfg)
     cache_dir = cfg.resolved_cache_dir()
-    corpus = open_text_corpus(cfg.corpus, cfg.val_fraction, cfg.hf_parts() if cfg.corpus_kind == "hf" else None)
+    corpus = open_text_corpus(cfg.corpus, cfg.val_fraction, cfg.hf_parts() if cfg.corpus_kind == "hf" else None,
+                              encoding=cfg.encoding, errors=cfg.encoding_errors)
     if isinstance(corpus, FileCorpus):
         for split in SPLITS:
             require(corpus.split_bytes(split) > 0, f"corpus={cfg.corpus!r}: the {split} split is empty; the corpus "

@@ -8,7 +8,7 @@ barrier for every rank before destroying the group, so that no rank tears down c
 another is still using it.
 
 >>> with distributed_session(device="auto") as env:      # under torchrun
-...     trainer = DistributedTrainer(config, train_config, data, strategy="ddp", env=env)
+...     trainer = Trainer(config, train_config, data, parallel=DataParallel("ddp", env))
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Guards against changing a model under a live DDP/FSDP wrapper (GROWTH-NOTES §3).
+"""Guards against changing a model under a live DDP/FSDP wrapper.
 
 A block appended to a model wrapped by ``DistributedDataParallel`` is invisible to DDP's gradient
 reducer: its gradients are never averaged across ranks and the replicas silently drift apart. FSDP2
@@ -26,8 +26,8 @@ from transformer_grow.errors import ConfigError
 
 _LIVE_WRAPPERS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
-HOW_TO_GROW = ("unwrap it first (DistributedTrainer.unwrap() or grow_trainer() in "
-               "transformer_grow.train.distributed), grow the plain model, and wrap the grown model anew: "
+HOW_TO_GROW = ("unwrap it first (Trainer.unwrap(), or grow_trainer() in transformer_grow.growth.event), grow "
+               "the plain model, and wrap the grown model anew: "
                "a block added to a live wrapper would train with unsynchronised gradients")
 
 

@@ -1,7 +1,7 @@
 """DistributedModel: owns the DDP / FSDP2 wrapper of one model, from wrap to unwrap.
 
-Growth under distribution goes through this object and never through a live wrapper
-(GROWTH-NOTES §3)::
+Growth under distribution goes through this object and never through a live wrapper (DDP's
+gradient reducer and FSDP's shards are fixed at wrap time; see :mod:`transformer_grow.distributed.guard`)::
 
     state = dm.full_optimizer_state(optimizer)   # AdamW moments by parameter name, full tensors
     plain = dm.unwrap()                          # a plain GPT with the full parameters, on every rank

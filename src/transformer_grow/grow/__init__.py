@@ -2,7 +2,7 @@
 
 Every operator returns a :class:`GrowthResult` ``(model, param_map, report)``: a new model (the
 input is untouched), a :class:`ParamMap` saying where every new value came from (it also grows
-optimizer state: :func:`grow_optimizer_state`, :func:`grow_optimizer`), and a :class:`GrowthReport`
+optimizer state: :func:`grow_optimizer_state`), and a :class:`GrowthReport`
 with the declared kind and the *measured* preservation on a probe batch. :func:`grow` derives the
 sequence of operators from a target config (CompoundGrow). Models are reached through adapters
 (:class:`ModelAdapter`; :class:`GPTAdapter` for our GPT).
@@ -23,7 +23,9 @@ from transformer_grow.grow.heads_ffn import add_heads, grow_ffn
 from transformer_grow.grow.map import DimMap, ParamMap, ParamSource
 from transformer_grow.grow.moe import add_experts, upcycle
 from transformer_grow.grow.noise import NoiseSpec
-from transformer_grow.grow.optimizer import grow_optimizer, grow_optimizer_state
+from transformer_grow.grow.dynamics import lr_multipliers
+from transformer_grow.grow.optimizer import Handoff, grow_optimizer_state, handoff
+from transformer_grow.grow.report import GrowthCertificateError
 from transformer_grow.grow.report import GrowthReport, GrowthResult
 from transformer_grow.grow.sequence import grow_seq
 from transformer_grow.grow.width import clone, net2net, random_pad, zero_pad
@@ -31,8 +33,10 @@ from transformer_grow.grow.width import clone, net2net, random_pad, zero_pad
 __all__ = [
     "DimMap",
     "GPTAdapter",
+    "GrowthCertificateError",
     "GrowthReport",
     "GrowthResult",
+    "Handoff",
     "ModelAdapter",
     "NewBlock",
     "NoiseSpec",
@@ -44,13 +48,14 @@ __all__ = [
     "clone",
     "grow",
     "grow_ffn",
-    "grow_optimizer",
     "grow_optimizer_state",
     "grow_seq",
+    "handoff",
     "insert_random",
     "insert_zero",
     "interleave",
     "layer_map",
+    "lr_multipliers",
     "net2net",
     "random_pad",
     "repeat",

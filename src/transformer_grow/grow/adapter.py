@@ -9,7 +9,7 @@ logical axis it runs along and how the parameter uses it:
 - ``"read"``: the dimension consumes that axis (a linear's input columns);
 - ``"norm"`` / ``"norm_bias"``: an elementwise norm weight / bias on that axis;
 - ``"final_norm"`` / ``"final_norm_bias"``: the norm whose output the LM head reads (with a tied head
-  it absorbs the head's read-side scaling, GROWTH-NOTES §2, width by cloning);
+  it absorbs the head's read-side 1/k when width grows k-fold by cloning, HyperCloning, Samragh et al. 2024);
 - ``None``: an axis that growth of that kind never changes (vocabulary).
 
 Axes: ``model`` (d_model, the residual stream), ``q`` (query heads x head_dim, also the input of the

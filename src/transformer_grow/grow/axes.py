@@ -17,8 +17,6 @@ from torch import nn
 from transformer_grow.grow.adapter import ModelAdapter
 from transformer_grow.grow.map import DimMap, ParamMap, ParamSource
 
-USES = ("write", "read", "norm", "norm_bias", "final_norm", "final_norm_bias", None)
-
 
 @dataclass
 class AxisChange:

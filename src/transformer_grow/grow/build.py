@@ -9,6 +9,8 @@ tensor the size of the largest parameter.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +18,20 @@ import torch
 from torch import nn
 
 from transformer_grow.distributed.guard import ensure_unwrapped
+from transformer_grow.errors import require
 from transformer_grow.grow.adapter import ModelAdapter, adapter_for
 from transformer_grow.grow.map import ParamMap
 from transformer_grow.grow.noise import NoiseSpec, add_noise
-from transformer_grow.grow.report import GrowthReport, GrowthResult, check_probe, default_probe, measure
+from transformer_grow.grow.report import (
+    EXACT_TOL,
+    GrowthReport,
+    GrowthResult,
+    certify,
+    check_probe,
+    default_probe,
+    loss_at_length,
+    measure,
+)
 from transformer_grow.model import ModelConfig
 
 
@@ -35,6 +47,9 @@ class GrowthPlan:
     options: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     noise: NoiseSpec = field(default_factory=NoiseSpec)
+    # Seeded in-place adjustment of the built model after the map and the noise (``finish(model, seed)``),
+    # e.g. the symmetry-breaking jitter of a zero router (grow/moe.py).
+    finish: Callable[[nn.Module, int], None] | None = None
 
 
 @torch.no_grad()
@@ -75,13 +90,56 @@ def materialize(
         param.data = values.to(dtype=param.dtype)
 
 
-def probe_for(config: ModelConfig, probe) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, Any]]:
-    """The probe batch (validated, or the seeded default) and its description for the report."""
+@dataclass
+class Probe:
+    """The batch a growth is measured on, validated against the old model.
+
+    ``batch`` is ``(x, y)`` for comparing old and new model (at most the old ``seq_len``; by default
+    exactly it), ``windows`` the caller's token windows when given as one tensor (they may be longer:
+    context growth then also evaluates the grown model at its new length), ``info`` what the report says.
+    """
+
+    batch: tuple[torch.Tensor, torch.Tensor]
+    info: dict[str, Any]
+    windows: torch.Tensor | None = None
+
+    def at_length(self, config: ModelConfig, seq_len: int) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
+        """A batch at ``seq_len`` (> the old length) for the grown model: the caller's windows when they
+        are long enough, else seeded random tokens."""
+        if self.windows is not None and self.windows.shape[1] >= seq_len + 1:
+            w = self.windows[:, : seq_len + 1]
+            return (w[:, :-1].long(), w[:, 1:].long()), "given"
+        return default_probe(config.vocab_size, seq_len), "seeded random"
+
+
+def probe_for(config: ModelConfig, probe) -> Probe:
+    """The probe (validated, or seeded random tokens at the full ``seq_len``) and its description.
+
+    ``probe``: ``None``, a pair ``(x, y)`` or a ``[batch, time + 1]`` tensor of token windows (see
+    :func:`~transformer_grow.grow.report.check_probe`). A probe shorter than ``seq_len`` certifies only
+    the positions it covers: the report says so.
+    """
     if probe is None:
         batch = default_probe(config.vocab_size, config.seq_len)
-        return batch, {"source": "seeded random", "shape": list(batch[0].shape)}
-    batch = check_probe(probe, config.vocab_size, config.seq_len)
-    return batch, {"source": "given", "shape": list(batch[0].shape)}
+        source = "seeded random"
+        windows = None
+    else:
+        batch = check_probe(probe, config.vocab_size, config.seq_len)
+        source = "given"
+        windows = probe if isinstance(probe, torch.Tensor) else None
+    length = batch[0].shape[1]
+    info = {"source": source, "shape": list(batch[0].shape), "full_length": length == config.seq_len}
+    return Probe(batch, info, windows)
+
+
+def probe_notes(probe: Probe, config: ModelConfig) -> list[str]:
+    length = probe.batch[0].shape[1]
+    if length == config.seq_len:
+        return []
+    return [
+        f"the probe covers positions 0..{length - 1} of seq_len={config.seq_len}: "
+        "later positions are not measured"
+    ]
 
 
 def num_params(model: nn.Module) -> int:
@@ -96,14 +154,17 @@ def execute(
     seed: int = 0,
     probe=None,
     measure_preservation: bool = True,
+    exact_tol: float | None = EXACT_TOL,
 ) -> GrowthResult:
     """Build the grown model of ``plan`` from ``model`` (left untouched), add the plan's noise, and
-    measure preservation on the probe batch."""
+    measure preservation on the probe (checking a declared ``exact`` against ``exact_tol``)."""
     old_config = adapter.config(model)
-    batch, probe_info = probe_for(old_config, probe)
+    probe = probe if isinstance(probe, Probe) else probe_for(old_config, probe)
     new = adapter.build(plan.config, plan.block_keys, like=model)
     materialize(new, model, plan.param_map, adapter, seed)
     add_noise(new, plan.param_map, plan.noise)
+    if plan.finish is not None:
+        plan.finish(new, seed)
     report = GrowthReport(
         method=plan.method,
         kind=plan.kind,
@@ -112,20 +173,39 @@ def execute(
         old_params=num_params(model),
         new_params=num_params(new),
         options=dict(plan.options),
-        probe=probe_info,
+        probe=dict(probe.info),
         map_summary=plan.param_map.summary(),
         notes=list(plan.notes),
     )
     if measure_preservation:
-        fill_measurement(report, adapter, model, new, batch)
+        fill_measurement(report, adapter, model, new, probe, exact_tol)
     return GrowthResult(new, plan.param_map, report)
 
 
 def fill_measurement(
-    report: GrowthReport, adapter: ModelAdapter, old: nn.Module, new: nn.Module, batch
+    report: GrowthReport,
+    adapter: ModelAdapter,
+    old: nn.Module,
+    new: nn.Module,
+    probe: Probe,
+    exact_tol: float | None = EXACT_TOL,
 ) -> None:
-    for key, value in measure(adapter, old, new, batch).items():
+    """Measure old vs new on the probe (fp32, eval), evaluate the grown model at its new length after
+    context growth, and check the declared kind (raises :class:`GrowthCertificateError`)."""
+    old_config, new_config = adapter.config(old), adapter.config(new)
+    for key, value in measure(adapter, old, new, probe.batch).items():
         setattr(report, key, value)
+    report.notes.extend(probe_notes(probe, old_config))
+    if new_config.seq_len > old_config.seq_len:  # the new positions have no old model to compare with
+        batch, source = probe.at_length(new_config, new_config.seq_len)
+        loss = loss_at_length(adapter, new, batch)
+        report.probe["new_length"] = {"source": source, "shape": list(batch[0].shape), "loss_new": loss}
+        report.notes.append(
+            f"grown model at its new seq_len={new_config.seq_len}: loss {loss:.4f} ({source} tokens)"
+        )
+        if exact_tol is not None:
+            require(math.isfinite(loss), f"{report.method}: loss {loss} at the new seq_len is not finite")
+    certify(report, exact_tol)
 
 
 def kind_with_noise(kind: str, noise: NoiseSpec) -> str:
@@ -141,10 +221,18 @@ def run_operator(
     seed: int = 0,
     probe=None,
     measure: bool = True,
+    exact_tol: float | None = EXACT_TOL,
     **options,
 ) -> GrowthResult:
-    """Shared driver of the single-dimension operators: plan (all checks, nothing built), then execute."""
+    """Shared driver of the single-dimension operators: plan (all checks, nothing built), then execute.
+
+    ``probe``: ``None`` (seeded random tokens at the full seq_len), a pair ``(x, y)`` or a tensor of
+    token windows (real validation data: pass it when you have it). ``exact_tol``: the declared-exact
+    check (``None``: measure without checking)."""
     ensure_unwrapped(model)  # never grow under a live DDP/FSDP wrapper: it would miss the new parameters
     adapter = adapter or adapter_for(model)
+    probe = probe_for(adapter.config(model), probe)  # validated before anything is built
     plan = make_plan(model, adapter, seed=seed, **options)
-    return execute(model, plan, adapter, seed=seed, probe=probe, measure_preservation=measure)
+    return execute(
+        model, plan, adapter, seed=seed, probe=probe, measure_preservation=measure, exact_tol=exact_tol
+    )

@@ -28,6 +28,12 @@ positions, MLP type, vocabulary, tying, biases or head_dim raise :class:`ConfigE
 do not change the architecture (dropout, init_std, scale_residual_init, moe_aux_loss_coef, norm_eps)
 follow the source model; a different target value is noted, not applied. The returned map is the
 composition of the steps' maps; the report measures old vs final model and lists the steps.
+
+A dict target names what changes; everything else is the model's (:func:`target_config`: derived sizes
+follow the model's shape, never :class:`ModelConfig` defaults; the report notes what was derived). The
+measurement covers the model's full seq_len (pass real validation windows as ``probe``), runs in fp32
+whatever the caller's autocast, and a declared-``exact`` result above ``exact_tol`` raises
+:class:`~transformer_grow.grow.report.GrowthCertificateError`.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from transformer_grow.distributed.guard import ensure_unwrapped
 from transformer_grow.grow import moe
 from transformer_grow.grow.adapter import ModelAdapter, adapter_for
 from transformer_grow.grow.build import execute, fill_measurement, num_params, probe_for
-from transformer_grow.grow.report import GrowthReport, GrowthResult, worst_kind
+from transformer_grow.grow.dynamics import check_preserve, dynamics_notes
+from transformer_grow.grow.report import EXACT_TOL, GrowthReport, GrowthResult, worst_kind
 from transformer_grow.grow.steps import (  # re-exported: the planning API used by the growth trainer
     CHOICES,
     FOLLOW_SOURCE,
@@ -69,13 +76,25 @@ def grow(
     probe=None,
     measure: bool = True,
     measure_steps: bool = False,
+    exact_tol: float | None = EXACT_TOL,
     adapter: ModelAdapter | None = None,
+    preserve: str = "function",
     **options,
 ) -> GrowthResult:
-    """Grow ``model`` to ``target`` (config, dict or preset name); see the module docstring."""
+    """Grow ``model`` to ``target`` (config, dict or preset name); see the module docstring.
+
+    ``probe``: real validation data when you have it, as a ``[batch, time + 1]`` tensor of token
+    windows (cut to the model's seq_len + 1; longer windows also evaluate the grown model at a new
+    seq_len) or a pair ``(x, y)``; ``None``: seeded random tokens at the model's full seq_len.
+    ``exact_tol``: a declared-``exact`` growth that measures max |dlogits| above ``exact_tol`` (fp32)
+    raises :class:`~transformer_grow.grow.report.GrowthCertificateError` (``None``: no check).
+    ``preserve``: ``"function"`` or ``"dynamics"``, recorded in the report for
+    :func:`~transformer_grow.grow.optimizer.handoff` (moments and LR multipliers after growth)."""
+    check_preserve(preserve)
     ensure_unwrapped(model)  # never grow under a live DDP/FSDP wrapper: it would miss the new parameters
     adapter = adapter or adapter_for(model)
     source = adapter.config(model)
+    given = dict(target) if isinstance(target, dict) else None
     target = target_config(source, target)
     steps = plan(
         source,
@@ -91,7 +110,7 @@ def grow(
         noise_std=noise_std,
         **options,
     )
-    batch, probe_info = probe_for(source, probe)  # validated before anything is built
+    probe = probe_for(source, probe)  # validated before anything is built
 
     current, param_map, reports = model, None, []
     for i, step in enumerate(steps):
@@ -101,8 +120,9 @@ def grow(
             step_plan,
             adapter,
             seed=seed + i,
-            probe=batch if measure_steps else None,
+            probe=probe if measure_steps else None,
             measure_preservation=measure_steps,
+            exact_tol=exact_tol,
         )
         if step.dimension == "experts" and step.method == "add" and measure_steps:
             moe.note_new_expert_share(result, adapter.config(current).n_expert)
@@ -118,6 +138,14 @@ def grow(
         for name in FOLLOW_SOURCE
         if getattr(target, name) != getattr(adapter.config(current), name)
     ]
+    if given is not None:  # a partial dict: say which unnamed sizes followed the model's shape
+        derived = [
+            f"{name}={getattr(target, name)}"
+            for name in ("n_head", "n_kv_head", "d_ff")
+            if name not in given and getattr(target, name) != getattr(source, name)
+        ]
+        if derived:
+            notes.append(f"partial target: {', '.join(derived)} scaled with the model's shape (not given)")
     report = GrowthReport(
         method=",".join(f"{s.dimension}={s.method}" for s in steps),
         kind=worst_kind(r.kind for r in reports),
@@ -126,14 +154,17 @@ def grow(
         old_params=num_params(model),
         new_params=num_params(current),
         options={"seed": seed, "noise": noise, "noise_std": noise_std, **options},
-        probe=probe_info,
+        probe=dict(probe.info),
         map_summary=param_map.summary(),
         notes=notes,
         steps=reports,
     )
+    report.options["preserve"] = preserve
+    if preserve == "dynamics":
+        report.notes += dynamics_notes(param_map, adapter.config(current))
     result = GrowthResult(current, param_map, report)
     if measure:
-        fill_measurement(report, adapter, model, current, batch)
+        fill_measurement(report, adapter, model, current, probe, exact_tol)
         if 0 < source.n_expert < target.n_expert:
             moe.note_new_expert_share(result, source.n_expert)
     return result

@@ -168,7 +168,7 @@ def depth_plan(
     notes = []
     if len(used) < sum(not isinstance(x, NewBlock) for x in layout):
         notes.append(
-            "copied blocks add their residual update again: not function-preserving (GROWTH-NOTES §2)"
+            "copied blocks add their residual update again: not function-preserving (G_stack, Du et al. 2024)"
         )
     if any(isinstance(x, NewBlock) and not x.zero_writes for x in layout):
         notes.append("fresh blocks (G_random) add a random residual update: not function-preserving")

@@ -1,8 +1,8 @@
 """Attention-head growth and FFN-width growth.
 
 - :func:`add_heads`: new query (and key/value) heads with ``head_dim`` fixed, freshly initialised;
-  their input columns of the output projection ``o_proj`` are zero, so they add nothing: exact
-  (GROWTH-NOTES §2). Grouped-query attention stays consistent: each old group of q heads keeps its
+  their input columns of the output projection ``o_proj`` are zero, so they add nothing: exact (the
+  grown model computes the same function). Grouped-query attention stays consistent: each old group of q heads keeps its
   kv head and may gain new q heads (a larger group), and new kv heads come with a full group of new
   q heads. The attention inner width ``n_head * head_dim`` then may differ from d_model.
 - :func:`grow_ffn`: ``method="zero"`` adds fresh units whose ``down_proj`` columns are zero (exact);
@@ -54,7 +54,7 @@ def heads_config(config: ModelConfig, n_head: int, n_kv_head: int | None = None)
         f"heads: the kv group size would shrink from {group} to {n_head // n_kv_head} "
         f"(n_head={n_head}, n_kv_head={n_kv_head}); old groups must keep their q heads",
     )
-    return config.replace(n_head=n_head, n_kv_head=n_kv_head)
+    return config.replace(n_head=n_head, n_kv_head=n_kv_head, head_dim=config.head_dim)  # heads keep their size
 
 
 def heads_plan(

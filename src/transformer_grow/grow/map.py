@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-FILLS = ("fresh", "zeros", "mixed")
-
 
 @dataclass(frozen=True, eq=False)
 class DimMap:
@@ -129,6 +127,10 @@ class ParamSource:
     (or ``None`` = unchanged) per dimension of the source ``source``; entries in new rows are filled
     per ``fill``. ``noise`` names value-only noise added after mapping (``"none"``, ``"cancel"``,
     ``"plain"``), along dimension ``noise_dim`` for cancelling noise; it is not part of the map.
+    ``copies``: how many parameters of the grown model hold this same source as replicas whose
+    outputs the model *averages* (upcycled experts behind combine weights that sum to one,
+    Komatsuzaki et al. 2022); it is not part of the values, but training dynamics need it
+    (:mod:`~transformer_grow.grow.dynamics`). Copies that are not averaged (stacked layers) keep 1.
     """
 
     shape: tuple[int, ...]
@@ -137,6 +139,7 @@ class ParamSource:
     fill: str = "fresh"
     noise: str = "none"
     noise_dim: int | None = None
+    copies: int = 1
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -208,7 +211,7 @@ class ParamSource:
                 dims.append(cache[key])
         noise = self.noise if earlier.noise == "none" else earlier.noise if self.noise == "none" else "mixed"
         fill = self.fill if earlier.kind in ("copy", "mapped") else "mixed"
-        return ParamSource(self.shape, earlier.source, tuple(dims), fill, noise, None)
+        return ParamSource(self.shape, earlier.source, tuple(dims), fill, noise, None, self.copies * earlier.copies)
 
 
 @dataclass

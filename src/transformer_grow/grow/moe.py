@@ -1,10 +1,16 @@
 """Mixture-of-experts growth: dense -> MoE upcycling, and adding experts to an MoE layer.
 
 - :func:`upcycle` (sparse upcycling, Komatsuzaki et al. 2022): every expert is a copy of the dense
-  FFN; the router is small random (``router_init="random"``, the model's init) or zero. The MoE
-  combine weights are renormalised over the chosen experts and sum to one, so the layer returns
-  exactly the FFN's output whatever the router says (with a zero router all logits tie and the
-  first k experts are chosen: still copies). Exact.
+  FFN; the router is random (``router_init="random"``, the default: the model's init N(0, init_std))
+  or near zero (``"zero"``: N(0, ZERO_ROUTER_JITTER * init_std), seeded, so routing starts almost
+  uniform). The MoE combine weights are renormalised over the chosen experts and sum to one, so the
+  layer returns exactly the FFN's output whatever the router says. Exact.
+  Why never an exactly zero router: all logits would tie, every token would pick the *same* first k
+  experts, those k would get identical gradients and the others none, and the copies would never
+  diverge (four experts stay two pairs). A small seeded jitter breaks the ties per token. The router
+  learns from the LM loss from the first step through the stop-gradient combine of
+  :mod:`transformer_grow.model.moe` (``w_j = p_j / sg(sum_chosen p)``: value renormalised, gradient
+  Switch-style), which also gives top-1 routing a router gradient.
 - :func:`add_experts`: new experts (copies of old ones or fresh) with a zero output projection and
   a zero (or random) router row. Exact only while a new expert is never selected: when one is, it
   takes a top-k slot and part of the combine weight from an old expert. Declared approximate; the
@@ -26,6 +32,9 @@ from transformer_grow.model import ModelConfig
 
 EXPERT_METHODS = ("upcycle", "add")
 ROUTER_INITS = ("random", "zero")
+# upcycle router_init="zero": std of the symmetry-breaking jitter, relative to init_std. Logits of
+# ~1e-2 * init_std * |x| break top-k ties per token yet leave the routing probabilities ~uniform.
+ZERO_ROUTER_JITTER = 1e-2
 EXPERT_INITS = ("copy", "random")
 
 
@@ -66,6 +75,20 @@ def _writes(adapter: ModelAdapter, name: str, config: ModelConfig) -> bool:
     return ("model", "write") in adapter.param_axes(name, config)
 
 
+def router_jitter(names: list[str], std: float):
+    """``GrowthPlan.finish``: overwrite the routers ``names`` with seeded N(0, std) values."""
+
+    @torch.no_grad()
+    def finish(model: nn.Module, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        params = dict(model.named_parameters())
+        for name in names:
+            param = params[name]
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32) * std)
+
+    return finish
+
+
 def upcycle_plan(
     model: nn.Module,
     adapter: ModelAdapter,
@@ -93,10 +116,17 @@ def upcycle_plan(
             for e in range(n_expert):
                 noisy = spec.mode == "plain" and p.dim() >= 2
                 entries[adapter.ffn_prefix(key, e) + suffix] = ParamSource(
-                    tuple(p.shape), old_name, noise="plain" if noisy else "none"
+                    tuple(p.shape), old_name, noise="plain" if noisy else "none", copies=n_expert
                 )
-        fill = "zeros" if router_init == "zero" else "fresh"
+        fill = "zeros" if router_init == "zero" else "fresh"  # "zero" gets its jitter in finish
         entries[adapter.router_name(key)] = ParamSource((n_expert, config.d_model), None, fill=fill)
+    routers = [adapter.router_name(key) for key in adapter.block_keys(model)]
+    jitter_std = ZERO_ROUTER_JITTER * config.init_std
+    router_note = (
+        f"router near zero: seeded N(0, {jitter_std:.2g}) jitter breaks top-k ties"
+        if router_init == "zero"
+        else f"router random N(0, {config.init_std:g})"
+    )
     return GrowthPlan(
         "experts=upcycle",
         kind_with_noise("exact", spec),
@@ -109,8 +139,9 @@ def upcycle_plan(
             "router_init": router_init,
             "noise": noise,
         },
-        notes=[f"{n_expert} experts copied from the dense FFN; router {router_init}"],
+        notes=[f"{n_expert} experts copied from the dense FFN; {router_note}"],
         noise=spec,
+        finish=router_jitter(routers, jitter_std) if router_init == "zero" else None,
     )
 
 
@@ -187,7 +218,8 @@ def upcycle(
     **run,
 ) -> GrowthResult:
     """Dense FFN -> ``n_expert`` copies behind a top-k router (sparse upcycling, Komatsuzaki et al.
-    2022; exact with combine weights renormalised over the chosen experts)."""
+    2022; exact with combine weights renormalised over the chosen experts). ``router_init``: random
+    (default) or near-zero with a seeded jitter; never exactly zero (see the module docstring)."""
     return run_operator(
         model,
         upcycle_plan,

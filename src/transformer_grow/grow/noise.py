@@ -1,6 +1,7 @@
 """Symmetry breaking for cloning and splitting operators.
 
-Exact copies that see the same inputs receive the same gradients and never diverge (GROWTH-NOTES §2).
+Exact copies that see the same inputs receive the same gradients and never diverge (the symmetry
+problem of Net2Net, Chen et al. 2016).
 Two remedies, both seeded:
 
 - ``"cancel"``: noise on the *reading* side of replicated units, in +e/-e pairs across two copies of

@@ -17,6 +17,7 @@ from transformer_grow.grow import heads_ffn, moe, sequence, width
 from transformer_grow.grow.build import GrowthPlan
 from transformer_grow.grow.noise import NoiseSpec
 from transformer_grow.model import PRESETS, ModelConfig
+from transformer_grow.model.config import check_growth
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "width": width.WIDTH_METHODS,
@@ -36,7 +37,6 @@ OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "router_init": ("experts", ("upcycle", "add")),
     "expert_init": ("experts", ("add",)),
 }
-FIXED = ("norm", "pos", "mlp", "vocab_size", "tie_embeddings", "bias", "head_dim", "moe_router")
 FOLLOW_SOURCE = ("dropout", "init_std", "scale_residual_init", "moe_aux_loss_coef", "norm_eps")
 NOISY = {
     "width": ("clone", "net2net"),
@@ -59,12 +59,31 @@ class Step:
 
 
 def target_config(source: ModelConfig, target: ModelConfig | dict | str) -> ModelConfig:
-    """``target`` as a config: a :class:`ModelConfig`, a dict (missing vocab_size: the source's), or a
-    preset name (its sizes; everything else, GQA group size included, from the source)."""
+    """``target`` as a config: a :class:`ModelConfig`, a dict, or a preset name (its sizes; everything
+    else, GQA group size included, from the source).
+
+    A dict changes only what it names; every other setting is the *model's*, never a
+    :class:`ModelConfig` default. Sizes derived from a named one keep the model's shape: ``head_dim``
+    stays the model's; a new ``d_model`` without ``n_head`` scales ``n_head`` so heads keep their
+    width (when the model's attention is d_model wide), a new ``n_head`` without ``n_kv_head`` keeps the
+    GQA group size, and a new ``d_model`` without ``d_ff`` scales ``d_ff`` by the same ratio (when it
+    divides). ``{"n_layer": 8}`` therefore grows depth and nothing else."""
     if isinstance(target, ModelConfig):
         return target
     if isinstance(target, dict):
-        return ModelConfig.from_dict({"vocab_size": source.vocab_size, **target})
+        merged = {**source.to_dict(), **target}
+        d_model = merged["d_model"]
+        if isinstance(d_model, int) and d_model > 0 and d_model != source.d_model:  # else: from_dict refuses
+            if "n_head" not in target and "head_dim" not in target and source.d_attn == source.d_model:
+                if d_model % source.head_dim == 0:
+                    merged["n_head"] = d_model // source.head_dim
+            if "d_ff" not in target and (source.d_ff * d_model) % source.d_model == 0:
+                merged["d_ff"] = source.d_ff * d_model // source.d_model
+        group = source.n_head // source.n_kv_head
+        n_head = merged["n_head"]
+        if "n_kv_head" not in target and isinstance(n_head, int) and n_head != source.n_head and n_head % group == 0:
+            merged["n_kv_head"] = n_head // group
+        return ModelConfig.from_dict(merged)
     choice("target preset", target, tuple(PRESETS))
     sizes = PRESETS[target]
     kept = {
@@ -111,17 +130,7 @@ def plan_steps(
     noise_std: float,
 ) -> list[Step]:
     """Every step from ``source`` to ``target``, fully validated; nothing is built."""
-    for name in FIXED:
-        require(
-            getattr(source, name) == getattr(target, name),
-            f"{name} cannot change by growth ({getattr(source, name)!r} -> {getattr(target, name)!r})",
-        )
-    for name in ("n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "seq_len", "n_expert"):
-        require(
-            getattr(target, name) >= getattr(source, name),
-            f"target {name}={getattr(target, name)} is smaller than the model's {getattr(source, name)}: "
-            "growth does not shrink",
-        )
+    check_growth(source, target)  # fixed fields kept, no size shrinks, something grows
     for name in options:
         require(name in OPTIONS, f"unknown growth option {name!r}; allowed: {', '.join(sorted(OPTIONS))}")
     steps, cur = [], source
@@ -277,7 +286,6 @@ def plan_steps(
             methods[dim] in allowed,
             f"option {name!r} applies to {dim}={' or '.join(map(repr, allowed))}, not {dim}={methods[dim]!r}",
         )
-    require(bool(steps), "the target config equals the model's: nothing to grow")
     return steps
 
 

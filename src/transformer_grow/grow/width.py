@@ -40,7 +40,9 @@ def clone_config(config: ModelConfig, factor: int, heads: bool = True, ffn: bool
         isinstance(factor, int) and factor >= 2,
         f"clone factor={factor!r} must be an integer >= 2 (d_model {config.d_model} -> {config.d_model}*k)",
     )
-    changes = {"d_model": config.d_model * factor}
+    # head_dim and (unless cloned) the head counts and d_ff stay as they are, not re-derived from d_model
+    changes = {"d_model": config.d_model * factor, "head_dim": config.head_dim, "n_kv_head": config.n_kv_head,
+               "d_ff": config.d_ff}
     if heads:
         changes.update(n_head=config.n_head * factor, n_kv_head=config.n_kv_head * factor)
     if ffn:
@@ -64,7 +66,7 @@ def padded_config(config: ModelConfig, d_model: int, method: str) -> ModelConfig
         isinstance(d_model, int) and d_model > config.d_model,
         f"{method}: d_model={d_model!r} must be an integer larger than the current {config.d_model}",
     )
-    return config.replace(d_model=d_model)
+    return config.replace(d_model=d_model, head_dim=config.head_dim, d_ff=config.d_ff)  # only d_model widens
 
 
 def _tile(size: int, factor: int) -> torch.Tensor:

@@ -17,13 +17,15 @@ windows of the target's context length, for every run. Wall-clock time counts th
 and the growth operations, not evaluation or checkpointing.
 
 Under ``torchrun`` (``strategy="ddp"`` or ``"fsdp"``) every rank runs the manager with the same
-arguments: the trainer is a :class:`~transformer_grow.train.distributed.DistributedTrainer`, growth
-releases the wrapper and wraps the grown model anew (:func:`~transformer_grow.train.distributed.grow_trainer`),
-and only rank 0 logs and writes files.
+arguments: the trainer's ``parallel`` is a :class:`~transformer_grow.distributed.parallel.DataParallel`,
+growth releases the wrapper and wraps the grown model anew (:func:`~transformer_grow.growth.event.grow_trainer`,
+the same code path as in one process), and only rank 0 logs and writes files.
 
-With ``out_dir`` the run is resumable: the trainer checkpoint (written after every evaluation)
-carries the manager's state, and a finished run writes ``result.json``; calling :meth:`run` again
-returns that result without training, or continues from the last checkpoint.
+The manager drives the trainer through its public methods only (train, evaluate, grow, schedule,
+time, driver state). With ``out_dir`` the run is resumable: the trainer checkpoint (written after
+every evaluation) carries the manager's :class:`~transformer_grow.growth.run_state.GrowthRunState`,
+and a finished run writes ``result.json``; calling :meth:`run` again returns that result without
+training, or continues from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -32,11 +34,9 @@ import hashlib
 import json
 import math
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -52,18 +52,25 @@ from transformer_grow.growth.accounting import (
 )
 from transformer_grow.growth.budget import BudgetSchedule, evaluate_fixed_windows
 from transformer_grow.growth.builders import PlanOptions, build_plan
-from transformer_grow.growth.plan import FIXED_FIELDS, GROWABLE_FIELDS, GrowthPlan, describe_config
+from transformer_grow.growth.event import grow_trainer
+from transformer_grow.growth.plan import GrowthPlan, describe_config
 from transformer_grow.growth.record import EvalPoint, RunRecord
+from transformer_grow.growth.run_state import Counters, GrowthRunState, ScheduleStart
 from transformer_grow.growth.trigger import trigger_fires
 from transformer_grow.io import atomic_write_json, read_json
+from transformer_grow.model.config import FIXED_FIELDS, GROWABLE_FIELDS
 from transformer_grow.train.checkpoint import resolve_checkpoint_dir
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.distributed import STRATEGIES, DistEnv, grow_trainer, make_trainer, resume_trainer
+from transformer_grow.train.distributed import STRATEGIES, DistEnv, make_trainer, resume_trainer
+from transformer_grow.train.metrics import METRICS_FILENAME
 from transformer_grow.train.schedule import LRSchedule
 from transformer_grow.train.trainer import Trainer
 
 RESULT_FILENAME = "result.json"
 STATE_KEY = "growth_manager"
+# Optimizer settings an explicit resume may change (to recover from a divergence).
+RESUME_CHANGEABLE = ("lr", "min_lr_ratio", "warmup_steps", "grad_clip")
+PROBE_WINDOWS = 8  # validation windows of the growth certificate
 
 
 def log_to_stderr(line: str) -> None:
@@ -85,7 +92,8 @@ class GrowthRunResult:
 
 def check_growth_events(plan: GrowthPlan) -> None:
     """Check every growth event's operator and options against :func:`transformer_grow.grow.grow`
-    (dry run: nothing is built), so a bad choice fails before any training."""
+    (dry run: nothing is built; its planning runs the one growth check,
+    :func:`~transformer_grow.model.config.check_growth`), so a bad choice fails before any training."""
     from transformer_grow.grow.composite import CHOICES, plan_steps, resolve_choices
 
     for i, stage in enumerate(plan.stages[1:], start=1):
@@ -127,7 +135,8 @@ class GrowthManager:
                  train_config: TrainConfig | None = None, plan_options: PlanOptions | None = None,
                  n_evals: int = 20, eval_windows: int = 32, out_dir: str | Path | None = None,
                  name: str | None = None, log: Callable[[str], None] | None = log_to_stderr,
-                 data_config=None, strategy: str | None = None, env: DistEnv | None = None):
+                 data_config=None, strategy: str | None = None, env: DistEnv | None = None,
+                 allow_optimizer_changes: bool = False):
         strategy = None if strategy in (None, "none") else strategy
         if strategy is not None:
             choice("strategy", strategy, STRATEGIES)
@@ -158,16 +167,19 @@ class GrowthManager:
         self.name = name or plan.name
         self.strategy, self.env = strategy, env
         self.is_main = env is None or env.is_main
+        # an explicit resume may change RESUME_CHANGEABLE settings (e.g. a lower LR after a divergence)
+        self.allow_optimizer_changes = allow_optimizer_changes
         self.log = log if self.is_main else None
         self.data_config = data_config
         self.trainer: Trainer | None = None
-        self.state: dict[str, Any] = {}
+        self.state: GrowthRunState | None = None
         self._windows: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ setup
-    def fingerprint(self, data) -> str:
+    def fingerprint(self, data, train_config: TrainConfig | None = None) -> str:
         """Identity of this run's settings: a checkpoint or result with another one is refused."""
-        ident = {"plan": self.plan.to_dict(), "train": self.train_config.to_dict(), "n_evals": self.n_evals,
+        train = train_config or self.train_config
+        ident = {"plan": self.plan.to_dict(), "train": train.to_dict(), "n_evals": self.n_evals,
                  "eval_windows": self.eval_windows, "data": getattr(data, "fingerprint", None)}
         return hashlib.blake2b(json.dumps(ident, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
 
@@ -188,13 +200,13 @@ class GrowthManager:
 
     def _install_schedule(self) -> None:
         """The global schedule on the budget axis (restarted after a growth event with schedule=restart)."""
-        cfg, s = self.train_config, self.state["schedule"]
+        cfg, s = self.train_config, self.state.schedule
         last_cost = self.tokens_per_step * (flops_per_token(self.plan.target)
                                             if self.plan.budget_mode == "flops" else 1)
-        nominal = max(2, round((self.budget - s["start_spent"]) / last_cost))
-        shape = LRSchedule.from_config(cfg.replace(warmup_steps=0 if s["restart"] else cfg.warmup_steps), nominal)
-        self.trainer.schedule = BudgetSchedule(shape, s["start_step"], s["start_spent"], self.budget - last_cost,
-                                               self._spent)
+        nominal = max(2, round((self.budget - s.start_spent) / last_cost))
+        shape = LRSchedule.from_config(cfg.replace(warmup_steps=0 if s.restart else cfg.warmup_steps), nominal)
+        self.trainer.set_schedule(BudgetSchedule(shape, s.start_step, s.start_spent, self.budget - last_cost,
+                                                 self._spent))
 
     def _say(self, text: str) -> None:
         if self.log is not None:
@@ -265,25 +277,41 @@ class GrowthManager:
         if checkpoint is not None:
             trainer = resume_trainer(checkpoint, data, strategy=self.strategy, env=self.env, out_dir=self.out_dir,
                                      data_config=self.data_config)
-            state = trainer.extra_state.get(STATE_KEY)
-            if state is None or state.get("fingerprint") != fingerprint:
+            saved = trainer.driver_state(STATE_KEY)
+            if saved is not None and saved.get("fingerprint") != fingerprint and self.allow_optimizer_changes:
+                saved = self._accept_optimizer_changes(trainer, data, saved, fingerprint)
+            if saved is None or saved.get("fingerprint") != fingerprint:
                 raise ConfigError(f"{str(self.out_dir)!r} holds a checkpoint of a run with other settings; use "
                                   "another output directory or delete it")
-            self.trainer, self.state = trainer, state
-            self._say(f"resuming at step {trainer.step} (stage {state['stage'] + 1}/{len(self.plan.stages)})")
+            self.trainer, self.state = trainer, GrowthRunState.from_dict(saved)
+            self._say(f"resuming at step {trainer.step} (stage {self.state.stage + 1}/{len(self.plan.stages)})")
         else:
+            if self.out_dir is not None and self.is_main:  # records of a run killed before its first checkpoint
+                (self.out_dir / METRICS_FILENAME).unlink(missing_ok=True)
             first = self.plan.stages[0]
             self.trainer = make_trainer(first.model, self._stage_train_config(0), data, strategy=self.strategy,
                                         env=self.env, out_dir=self.out_dir, data_config=self.data_config)
-            self.state = {"fingerprint": fingerprint, "stage": 0, "curve": [], "events": [], "stages": [],
-                          "next_eval": 0, "stage_start": self._counters(),
-                          "stage_end_step": self._stage_end_step(0),
-                          "schedule": {"start_step": 0, "start_spent": 0.0, "restart": False}}
+            self.state = GrowthRunState(fingerprint, stage_start=self._counters(),
+                                        stage_end_step=self._stage_end_step(0), schedule=ScheduleStart())
         self._install_schedule()
 
-    def _counters(self) -> dict[str, Any]:
+    def _accept_optimizer_changes(self, trainer: Trainer, data, saved: dict, fingerprint: str) -> dict:
+        """The checkpoint's run state, now under ``fingerprint``, if only RESUME_CHANGEABLE settings
+        differ from the checkpoint's (the trainer takes the new ones, logged as an event); else unchanged."""
+        old = {name: getattr(trainer.config, name) for name in RESUME_CHANGEABLE}
+        if self.fingerprint(data, self.train_config.replace(**old)) != saved.get("fingerprint"):
+            return saved
+        new = {name: getattr(self.train_config, name) for name in RESUME_CHANGEABLE}
+        trainer.config = trainer.config.replace(**new)
+        changes = {name: [old[name], new[name]] for name in RESUME_CHANGEABLE if old[name] != new[name]}
+        if self.is_main:
+            trainer.log(event="optimizer_settings_changed", changes=changes)
+        self._say(f"resuming with changed settings: {changes}")
+        return {**saved, "fingerprint": fingerprint}
+
+    def _counters(self) -> Counters:
         t = self.trainer
-        return {"step": t.step, "tokens": t.tokens, "flops": t.flops, "wall_seconds": t.wall_seconds}
+        return Counters(t.step, t.tokens, t.flops, t.wall_seconds)
 
     def _stage_end_step(self, index: int) -> int:
         """Last step of stage ``index``, fixed at its start; for a trigger stage, its latest end
@@ -297,14 +325,14 @@ class GrowthManager:
         return start + self.account.stages[index].steps
 
     def _train(self, limit_steps: int | None, until_fraction: float | None = None) -> GrowthRunResult | None:
-        t = self.trainer
-        if not self.state["curve"]:
+        t, state = self.trainer, self.state
+        if not state.curve:
             self._evaluate()
         while True:
-            index = self.state["stage"]
+            index = state.stage
             stage = self.plan.stages[index]
-            end = self.state["stage_end_step"]
-            threshold = self.state["next_eval"] * self.budget / self.n_evals
+            end = state.stage_end_step
+            threshold = state.next_eval * self.budget / self.n_evals
             to_eval = max(1, math.ceil((threshold - self._spent()) / self._unit_cost() - 1e-9))
             n = min(end - t.step, to_eval)
             if limit_steps is not None:
@@ -313,12 +341,12 @@ class GrowthManager:
                 t.train_steps(n)
             last_stage = index == len(self.plan.stages) - 1
             evaluated = False
-            if self._spent() >= threshold - 1e-6 * self.budget and self.state["next_eval"] <= self.n_evals:
+            if self._spent() >= threshold - 1e-6 * self.budget and state.next_eval <= self.n_evals:
                 self._evaluate()
                 evaluated = True
             stage_done = t.step >= end or (evaluated and stage.trigger is not None and self._trigger_says_grow())
             if stage_done and last_stage:
-                if self.state["curve"][-1]["step"] != t.step:
+                if state.curve[-1].step != t.step:
                     self._evaluate()
                 return self._finish()
             if stage_done:
@@ -338,9 +366,8 @@ class GrowthManager:
         t = self.trainer
         batch = t.config.eval_batch_size or t.config.micro_batch_size
         loss = evaluate_fixed_windows(t.model, self._windows, batch, t.device)
-        point = EvalPoint(t.step, t.tokens, float(t.flops), t.wall_seconds, loss, self.state["stage"])
-        self.state["curve"].append(point.to_dict())
-        self.state["next_eval"] = math.floor(self._spent() / self.budget * self.n_evals + 1e-6) + 1
+        self.state.curve.append(EvalPoint(t.step, t.tokens, float(t.flops), t.wall_seconds, loss, self.state.stage))
+        self.state.next_eval = math.floor(self._spent() / self.budget * self.n_evals + 1e-6) + 1
         self._progress(loss)
         return loss
 
@@ -349,56 +376,56 @@ class GrowthManager:
         done = min(1.0, self._spent() / self.budget)
         rate = t.tokens / t.wall_seconds if t.wall_seconds > 0 else 0.0
         eta = f"{t.wall_seconds * (1 - done) / done:.0f}s" if done > 0 else "n/a"
-        stage = self.state["stage"]
+        stage = self.state.stage
         train = "n/a" if t.last_train_loss is None else f"{t.last_train_loss:.3f}"
         self._say(f"stage {stage + 1}/{len(self.plan.stages)} ({describe_config(t.model.config)}) step {t.step} "
                   f"{done:5.1%} of budget | {rate:,.0f} tok/s | train {train} | val {val_loss:.4f} | "
                   f"ETA {eta}")
 
     def _trigger_says_grow(self) -> bool:
-        stage_points = [p for p in self.state["curve"] if p["stage"] == self.state["stage"] and p["step"] > 0]
-        trigger = self.plan.stages[self.state["stage"]].trigger
+        stage_points = [p for p in self.state.curve if p.stage == self.state.stage and p.step > 0]
+        trigger = self.plan.stages[self.state.stage].trigger
         unit = "flops" if self.plan.budget_mode == "flops" else "tokens"
-        fires, note = trigger_fires([p[unit] for p in stage_points], [p["val_loss"] for p in stage_points],
+        fires, note = trigger_fires([getattr(p, unit) for p in stage_points], [p.val_loss for p in stage_points],
                                     trigger, self.budget)
         if fires:
-            self.state.setdefault("trigger_notes", []).append(note)
+            self.state.trigger_notes.append(note)
             self._say(f"trigger: {note}")
         return fires
 
     # ----------------------------------------------------------------- growth
     def _grow(self) -> None:
-        t, index = self.trainer, self.state["stage"]
+        t, state = self.trainer, self.state
+        index = state.stage
         new_stage = self.plan.stages[index + 1]
         event = new_stage.growth
-        self._close_stage()
-        loss_before = self.state["curve"][-1]["val_loss"] if self.state["curve"][-1]["step"] == t.step \
+        finished_stage = self._stage_record()  # appended only once growth succeeded: after a failure the stage goes on
+        loss_before = state.curve[-1].val_loss if state.curve[-1].step == t.step \
             else evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device)
-        start = time.perf_counter()
-        old_config = t.config
-        t.config = t.config.replace(batch_size=stage_batch_size(new_stage.model, self.tokens_per_step))
-        try:  # grow_trainer releases a DDP/FSDP wrapper first and wraps the grown model anew
+        with t.timed():  # growth counts as training time; grow_trainer re-wraps a DDP/FSDP model
+            # The certificate is measured on real validation windows at the target's full length
+            # (also covering the new positions after context growth).
             result = grow_trainer(t, new_stage.model, event.method, optimizer=event.optimizer,
                                   rewarmup_steps=event.rewarmup_steps,
-                                  seed=self.train_config.seed + 1000 * (index + 1), **event.options)
-        except BaseException:
-            t.config = old_config
-            raise
-        new_config = result.model.config
-        for name in FIXED_FIELDS + GROWABLE_FIELDS:
-            require(getattr(new_config, name) == getattr(new_stage.model, name),
-                    f"growth by {event.method} produced {name}={getattr(new_config, name)}, the plan's stage "
-                    f"wants {getattr(new_stage.model, name)}")
-        t.wall_seconds += time.perf_counter() - start
+                                  seed=self.train_config.seed + 1000 * (index + 1),
+                                  batch_size=stage_batch_size(new_stage.model, self.tokens_per_step),
+                                  preserve=event.preserve, dynamics_relax=event.dynamics_relax,
+                                  probe=self._windows[:PROBE_WINDOWS], **event.options)
+            new_config = result.model.config
+            for name in FIXED_FIELDS + GROWABLE_FIELDS:  # grow() reached the planned stage's sizes
+                require(getattr(new_config, name) == getattr(new_stage.model, name),
+                        f"growth by {event.method} produced {name}={getattr(new_config, name)}, the plan's stage "
+                        f"wants {getattr(new_stage.model, name)}")
+        state.stages.append(finished_stage)
         if event.schedule == "restart":
-            self.state["schedule"] = {"start_step": t.step, "start_spent": self._spent(), "restart": True}
+            state.schedule = ScheduleStart(t.step, self._spent(), restart=True)
             self._install_schedule()
-        self.state["stage"] = index + 1
-        self.state["stage_start"] = self._counters()
-        self.state["stage_end_step"] = self._stage_end_step(index + 1)
+        state.stage = index + 1
+        state.stage_start = self._counters()
+        state.stage_end_step = self._stage_end_step(index + 1)
         loss_after = evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device)
         report = result.report
-        self.state["events"].append({
+        state.events.append({
             "step": t.step, "tokens": t.tokens, "flops": t.flops, "wall_seconds": t.wall_seconds,
             "from_stage": index, "to_stage": index + 1,
             "operator": report.method, "kind": report.kind, "optimizer": event.optimizer,
@@ -411,35 +438,36 @@ class GrowthManager:
         self._say(f"grew to {describe_config(new_config)} at step {t.step}: val loss {loss_before:.4f} -> "
                   f"{loss_after:.4f} ({report.method})")
 
-    def _close_stage(self) -> None:
-        t, index = self.trainer, self.state["stage"]
-        begin, cfg = self.state["stage_start"], t.model.config
-        self.state["stages"].append({
+    def _stage_record(self) -> dict:
+        """The current stage's entry of the run record (model, steps, tokens, FLOPs, time so far)."""
+        t, index = self.trainer, self.state.stage
+        begin, cfg = self.state.stage_start, t.model.config
+        return {
             "index": index, "name": self.plan.stages[index].label(index), "model": describe_config(cfg),
-            "steps": t.step - begin["step"], "tokens": t.tokens - begin["tokens"],
-            "flops": t.flops - begin["flops"], "flops_per_token": flops_per_token(cfg),
-            "wall_seconds": t.wall_seconds - begin["wall_seconds"],
-        })
+            "steps": t.step - begin.step, "tokens": t.tokens - begin.tokens,
+            "flops": t.flops - begin.flops, "flops_per_token": flops_per_token(cfg),
+            "wall_seconds": t.wall_seconds - begin.wall_seconds,
+        }
 
     # ---------------------------------------------------------------- results
     def _checkpoint(self) -> None:
         if self.out_dir is None:
             return
-        self.trainer.extra_state[STATE_KEY] = self.state
+        self.trainer.set_driver_state(STATE_KEY, self.state.to_dict())
         self.trainer.save()
 
     def _finish(self) -> GrowthRunResult:
         t = self.trainer
-        self._close_stage()
-        curve = [EvalPoint.from_dict(p) for p in self.state["curve"]]
-        notes = list(self.plan.notes) + list(self.state.get("trigger_notes", []))
+        self.state.stages.append(self._stage_record())
+        curve = [EvalPoint.from_dict(p.to_dict()) for p in self.state.curve]  # a copy
+        notes = list(self.plan.notes) + list(self.state.trigger_notes)
         record = RunRecord(self.name, curve, float(t.flops), t.tokens, t.wall_seconds,
-                           stages=self.state["stages"], events=self.state["events"], notes=notes)
+                           stages=self.state.stages, events=self.state.events, notes=notes)
         if self.out_dir is not None:
             self._checkpoint()
         if self.out_dir is not None and self.is_main:
             atomic_write_json(self.out_dir / RESULT_FILENAME, {
-                "fingerprint": self.state["fingerprint"], "record": record.to_dict(),
+                "fingerprint": self.state.fingerprint, "record": record.to_dict(),
                 "plan": self.plan.to_dict(), "account": self.account.to_dict(), "flops_formula": FLOPS_FORMULA})
         self._say(f"done: val loss {record.final_val_loss:.4f}, {record.total_flops:.3g} FLOPs, "
                   f"{record.total_tokens:,} tokens, {record.wall_seconds:.1f}s")

@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.grow.dynamics import PRESERVE_MODES
 from transformer_grow.model import ModelConfig
+from transformer_grow.model.config import check_growth, describe_sizes
+from transformer_grow.train.optim import Relax
 
 OPTIMIZER_POLICIES = ("carry", "fresh")
 SCHEDULE_POLICIES = ("continue", "restart")
 BUDGET_MODES = ("flops", "tokens")
-# Settings that growth must leave unchanged (the architecture family and the vocabulary).
-FIXED_FIELDS = ("vocab_size", "norm", "pos", "mlp", "tie_embeddings", "bias", "moe_router")
-# Sizes that growth may keep or increase, never decrease.
-GROWABLE_FIELDS = ("n_layer", "d_model", "n_head", "head_dim", "n_kv_head", "d_ff", "seq_len", "n_expert")
+describe_config = describe_sizes  # the one-line size summary of reports and logs
 
 
 @dataclass
@@ -52,6 +52,11 @@ class GrowthEvent:
         rewarmup_steps: linear LR re-warmup window after growth (0: none).
         schedule: ``"continue"``: the global LR schedule goes on; ``"restart"``: a new decay from
             the peak rate over the rest of the budget.
+        preserve: ``"function"`` (the grown model computes the small model's function at growth) or
+            ``"dynamics"`` (also its AdamW trajectory: moments follow the gradient scale and per-element
+            LR multipliers undo the 1/k storage of cloned or split weights; :mod:`transformer_grow.grow.dynamics`).
+        dynamics_relax: how the multipliers of ``preserve="dynamics"`` return to 1: ``"never"``,
+            ``"immediate"`` or ``"window:N"`` (linearly over N steps).
     """
 
     method: str | None = "stack"
@@ -59,6 +64,8 @@ class GrowthEvent:
     optimizer: str = "carry"
     rewarmup_steps: int = 0
     schedule: str = "continue"
+    preserve: str = "function"
+    dynamics_relax: str = "never"
 
     def validate(self, where: str) -> None:
         require(self.method is None or (isinstance(self.method, str) and self.method != ""),
@@ -68,11 +75,19 @@ class GrowthEvent:
         choice(f"{where}: schedule", self.schedule, SCHEDULE_POLICIES)
         require(isinstance(self.rewarmup_steps, int) and self.rewarmup_steps >= 0,
                 f"{where}: rewarmup_steps={self.rewarmup_steps!r} must be an integer >= 0")
+        choice(f"{where}: preserve", self.preserve, PRESERVE_MODES)
+        require(self.preserve == "dynamics" or self.dynamics_relax == "never",
+                f"{where}: dynamics_relax={self.dynamics_relax!r} applies only with preserve='dynamics'")
+        try:
+            Relax.parse(self.dynamics_relax)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
     def describe(self) -> str:
         opts = "".join(f", {k}={v}" for k, v in sorted(self.options.items()))
+        dynamics = f"; preserve dynamics, relax {self.dynamics_relax}" if self.preserve == "dynamics" else ""
         return (f"grow by {self.method or 'default operators'}{opts}; optimizer state {self.optimizer}; "
-                f"LR re-warmup {self.rewarmup_steps} steps, schedule {self.schedule}s")
+                f"LR re-warmup {self.rewarmup_steps} steps, schedule {self.schedule}s{dynamics}")
 
 
 @dataclass
@@ -128,26 +143,6 @@ class Stage:
         return self.name or f"stage {index}"
 
 
-def describe_config(cfg: ModelConfig) -> str:
-    """A one-line summary of the sizes that growth changes."""
-    text = f"L={cfg.n_layer} d={cfg.d_model} heads={cfg.n_head}x{cfg.head_dim} ffn={cfg.d_ff} seq={cfg.seq_len}"
-    return text + (f" experts={cfg.n_expert}" if cfg.n_expert else "")
-
-
-def check_growth(old: ModelConfig, new: ModelConfig, where: str) -> None:
-    """Refuse ``old -> new`` unless ``new`` keeps the architecture family and grows at least one size."""
-    for name in FIXED_FIELDS:
-        require(getattr(old, name) == getattr(new, name),
-                f"{where}: growth cannot change {name} ({getattr(old, name)!r} -> {getattr(new, name)!r})")
-    for name in GROWABLE_FIELDS:
-        before, after = getattr(old, name), getattr(new, name)
-        require(after >= before, f"{where}: growth to a smaller model: {name} would shrink from {before} to "
-                                 f"{after}; every size must stay or grow ({describe_config(old)} -> "
-                                 f"{describe_config(new)})")
-    require(any(getattr(new, n) > getattr(old, n) for n in GROWABLE_FIELDS),
-            f"{where}: the model does not grow ({describe_config(old)} in both stages); merge the stages")
-
-
 @dataclass
 class GrowthPlan:
     """A sequence of stages sharing one budget (see the module docstring for ``budget_mode``).
@@ -170,10 +165,6 @@ class GrowthPlan:
     @property
     def target(self) -> ModelConfig:
         return self.stages[-1].model
-
-    @property
-    def growth_events(self) -> list[GrowthEvent]:
-        return [s.growth for s in self.stages[1:] if s.growth is not None]
 
     def validate(self, flops_per_token=None) -> None:
         """Raise :class:`ConfigError` naming the first problem; ``flops_per_token(config)`` checks
@@ -201,7 +192,10 @@ class GrowthPlan:
             if i > 0:
                 require(stage.growth is not None, f"{where}: a later stage needs a growth event (how to grow into it)")
                 stage.growth.validate(where)
-                check_growth(self.stages[i - 1].model, stage.model, where)
+                try:
+                    check_growth(self.stages[i - 1].model, stage.model)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
         self._validate_budget(flops_per_token)
 
     def _validate_budget(self, flops_per_token) -> None:

@@ -24,7 +24,6 @@ from transformer_grow.errors import require
 G_STACK_SLOPE = 0.88
 G_STACK_NUMERATOR = 163.27
 G_STACK_INTERCEPT = -5.74
-G_STACK_FACTOR = 4  # the growth factor the rule was fitted for
 DEFAULT_MAX_FRACTION = 0.5
 
 

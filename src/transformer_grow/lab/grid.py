@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from transformer_grow.errors import ConfigError, choice, require
-from transformer_grow.io import atomic_write_text, json_text
+from transformer_grow.io import atomic_write_text, json_text, lock_run_dir
 from transformer_grow.scaling.data import read_jsonl_records
 
 REQUIRED_RESULT_KEYS = ("n_params_nonembedding", "n_params", "tokens", "flops", "final_val_loss")
@@ -297,9 +297,17 @@ def run_grid(
     With ``settings_key(run)``, every record gets its run's key and finished runs with another key are refused
     (before anything trains). ``max_runs`` stops after training that many runs (resume later).
     Progress lines give the run's index, elapsed time and an ETA (remaining estimated FLOPs at the
-    pace of the runs trained so far in this call).
+    pace of the runs trained so far in this call). The results' directory is locked meanwhile: a
+    second grid writing there is refused (:func:`transformer_grow.io.lock_run_dir`).
     """
     require(max_runs is None or max_runs >= 1, f"max_runs={max_runs!r} must be >= 1")
+    with lock_run_dir(Path(results_path).parent, "results directory"):
+        return _run_grid_locked(spec, results_path, train_fn, log, settings_key, max_runs)
+
+
+def _run_grid_locked(spec: GridSpec, results_path: str | Path, train_fn: Callable[[RunSpec], dict[str, Any]],
+                     log: Callable[[str], None] | None, settings_key: Callable[[RunSpec], str] | None,
+                     max_runs: int | None) -> list[dict[str, Any]]:
     runs = spec.runs()
     existing = read_results(results_path)
     if settings_key is not None:

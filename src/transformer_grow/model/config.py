@@ -27,6 +27,37 @@ class ModelConfig:
     The attention inner width ``n_head * head_dim`` may differ from ``d_model`` (head growth adds
     heads without changing ``d_model``). ``n_kv_head < n_head`` gives grouped-query attention.
     ``n_expert > 0`` replaces every FFN by a top-k routed mixture of experts.
+
+    Attributes:
+        n_layer: number of Transformer blocks.
+        d_model: residual stream width.
+        n_head: attention (query) heads; must divide ``d_model`` unless ``head_dim`` is set.
+        head_dim: width of one attention head; default ``d_model // n_head``.
+        n_kv_head: key/value heads (fewer than ``n_head``: grouped-query attention); default ``n_head``.
+        d_ff: feed-forward hidden width; default ``4 * d_model`` (gelu) or ``8/3 * d_model`` rounded up
+            to a multiple of 64 (swiglu).
+        vocab_size: vocabulary size; training takes it from the tokenizer unless it is given (then it
+            must be at least the tokenizer's).
+        seq_len: context length in tokens (the training sequence length).
+        norm: normalisation: ``layernorm`` or ``rmsnorm``.
+        norm_eps: epsilon added to the variance inside the normalisation.
+        pos: position encoding: ``rope`` (rotary, Su et al. 2021) or ``learned``.
+        rope_base: RoPE base frequency.
+        rope_scale: RoPE position interpolation factor: positions are divided by it (Chen et al. 2023).
+        mlp: feed-forward type: ``gelu`` or ``swiglu`` (Shazeer 2020).
+        tie_embeddings: tie the output head to the token embedding (off: a separate head).
+        bias: biases in linear layers and LayerNorm.
+        qkv_bias: biases in the query, key and value projections even when ``bias`` is off (Qwen2;
+            Bai et al. 2023 keep them for length extrapolation).
+        dropout: dropout probability in [0, 1).
+        init_std: standard deviation of the normal weight initialisation.
+        scale_residual_init: scale the init std of residual output projections by
+            ``1 / sqrt(2 * n_layer)`` (GPT-2, Radford et al. 2019).
+        n_expert: experts in every mixture-of-experts FFN; 0 keeps the dense FFN.
+        moe_top_k: experts each token is routed to (at most ``n_expert``).
+        moe_router: router: ``softmax_topk``.
+        moe_aux_loss_coef: weight of the load-balancing auxiliary loss (Switch Transformer, Fedus et al.
+            2021).
     """
 
     n_layer: int = 4
@@ -45,6 +76,7 @@ class ModelConfig:
     mlp: str = "swiglu"
     tie_embeddings: bool = True
     bias: bool = False
+    qkv_bias: bool = False  # q/k/v biases without the others (Qwen2)
     dropout: float = 0.0
     init_std: float = 0.02
     scale_residual_init: bool = True  # GPT-2: residual output projections get std / sqrt(2 * n_layer)
@@ -56,8 +88,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "d_model", "n_head", "vocab_size", "seq_len"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"{name}={value!r} must be a positive integer")
+            _check_size(name, getattr(self, name))
         if self.head_dim is None:
             require(
                 self.d_model % self.n_head == 0,
@@ -68,14 +99,25 @@ class ModelConfig:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.d_ff is None:
-            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
+            self.d_ff = self.derived_value("d_ff")
         self.validate()
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
         for name in ("head_dim", "n_kv_head", "d_ff"):
+            _check_size(name, getattr(self, name))
+        for name in ("norm_eps", "rope_base", "rope_scale", "dropout", "init_std", "moe_aux_loss_coef"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"{name}={value!r} must be a positive integer")
+            require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                    f"{name}={value!r} is not allowed; it must be a finite number")
+        for name in ("tie_embeddings", "bias", "qkv_bias", "scale_residual_init"):
+            value = getattr(self, name)
+            require(isinstance(value, bool), f"{name}={value!r} is not allowed; it must be true or false")
+        require(_is_int(self.n_expert) and _is_int(self.moe_top_k),
+                f"n_expert={self.n_expert!r} and moe_top_k={self.moe_top_k!r} must be integers")
+        require(self.n_expert <= MAX_SIZES["n_expert"],
+                f"n_expert={self.n_expert} is not allowed; it must be at most {MAX_SIZES['n_expert']}")
+        require(self.moe_aux_loss_coef >= 0, f"moe_aux_loss_coef={self.moe_aux_loss_coef} must be >= 0")
         require(
             self.n_head % self.n_kv_head == 0,
             f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head} (grouped-query attention)",
@@ -108,12 +150,32 @@ class ModelConfig:
         """Width of the key and value projections: ``n_kv_head * head_dim``."""
         return self.n_kv_head * self.head_dim
 
+    def derived_value(self, name: str) -> int | None:
+        """What ``__post_init__`` derives for ``name`` (``head_dim``, ``n_kv_head`` or ``d_ff``) from
+        the other fields; ``None`` where nothing can be derived (``n_head`` does not divide ``d_model``)."""
+        if name == "head_dim":
+            return self.d_model // self.n_head if self.d_model % self.n_head == 0 else None
+        if name == "n_kv_head":
+            return self.n_head
+        if name == "d_ff":
+            return 4 * self.d_model if self.mlp == "gelu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
+        raise ValueError(f"{name!r} is not a derived field; derived fields: {', '.join(DERIVED_FIELDS)}")
+
     def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with ``changes`` applied. Derived fields are kept unless changed (pass ``None`` to re-derive)."""
+        """A copy with ``changes`` applied.
+
+        A derived field (``head_dim``, ``n_kv_head``, ``d_ff``) that is not in ``changes`` and holds
+        its derived value follows the derivation: ``replace(d_model=512)`` of a 256-wide, 4-head
+        model gives ``head_dim=128`` and the FFN width of ``d_model=512``. A value that differs from
+        its derivation (set explicitly) is kept. Whether a field was derived is read from the values
+        themselves, so a config behaves the same after a ``to_dict``/``from_dict`` round trip.
+        """
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(f"unknown model setting(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
+        follow = {name: None for name in DERIVED_FIELDS
+                  if name not in changes and getattr(self, name) == self.derived_value(name)}
+        return dataclasses.replace(self, **follow, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,6 +189,67 @@ class ModelConfig:
                 f"unknown model setting(s): {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(names))}"
             )
         return cls(**d)
+
+
+# Upper bounds of the sizes: far beyond any model this library trains, low enough that a mistyped
+# value (1e11 layers) is refused here instead of exhausting memory in an allocation.
+MAX_SIZES = {"n_layer": 4096, "d_model": 1 << 16, "n_head": 4096, "head_dim": 4096, "n_kv_head": 4096,
+             "d_ff": 1 << 20, "vocab_size": 1 << 32, "seq_len": 1 << 20, "n_expert": 4096}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_size(name: str, value: Any) -> None:
+    require(_is_int(value) and 0 < value <= MAX_SIZES[name],
+            f"{name}={value!r} is not allowed; it must be an integer from 1 to {MAX_SIZES[name]:,}")
+
+
+# Fields that __post_init__ derives from others when they are None (see ModelConfig.replace).
+DERIVED_FIELDS = ("head_dim", "n_kv_head", "d_ff")
+
+# Growth (transformer_grow.grow) keeps these: the architecture family, the vocabulary and the head
+# size. No operator changes head_dim: heads are added (heads) or cloned (width=clone) whole.
+FIXED_FIELDS = ("vocab_size", "norm", "pos", "mlp", "tie_embeddings", "bias", "qkv_bias", "head_dim",
+                "moe_router")
+# Sizes growth keeps or increases, never decreases; the grow/ operator that increases each:
+GROWABLE_FIELDS = (
+    "n_layer",  # depth: stack, repeat, interleave, insert_zero, insert_random, layer_map
+    "d_model",  # width: clone, net2net, zero_pad, random_pad
+    "n_head",  # heads: zero (also width=clone, which clones heads)
+    "n_kv_head",  # heads: zero (also width=clone)
+    "d_ff",  # ffn: zero, split (also width=clone)
+    "seq_len",  # seq: copy, tile, interpolate
+    "n_expert",  # experts: upcycle (dense model), add (MoE model)
+)
+# Changed by the seq operator along with seq_len, or alone (RoPE position interpolation).
+ROPE_FIELDS = ("rope_base", "rope_scale")
+
+
+def describe_sizes(cfg: ModelConfig) -> str:
+    """A one-line summary of the sizes that growth changes."""
+    text = f"L={cfg.n_layer} d={cfg.d_model} heads={cfg.n_head}x{cfg.head_dim} ffn={cfg.d_ff} seq={cfg.seq_len}"
+    return text + (f" experts={cfg.n_expert}" if cfg.n_expert else "")
+
+
+def check_growth(old: ModelConfig, new: ModelConfig) -> None:
+    """Refuse growing ``old`` into ``new`` (:class:`ConfigError`) unless no growable size shrinks,
+    every fixed field is kept, and something grows (a size, or the RoPE settings change).
+
+    The one check of an old -> new growth: growth plans, the growth manager and
+    :func:`transformer_grow.grow.grow` all call it. Callers add where the configs come from.
+    """
+    for name in GROWABLE_FIELDS:
+        before, after = getattr(old, name), getattr(new, name)
+        require(after >= before, f"growth to a smaller model: {name}={after} is smaller than the model's {before}; "
+                                 f"growth does not shrink ({describe_sizes(old)} -> {describe_sizes(new)})")
+    for name in FIXED_FIELDS:
+        require(getattr(old, name) == getattr(new, name),
+                f"{name} cannot change by growth ({getattr(old, name)!r} -> {getattr(new, name)!r}); growth "
+                f"keeps {', '.join(FIXED_FIELDS)}")
+    require(any(getattr(new, n) != getattr(old, n) for n in GROWABLE_FIELDS + ROPE_FIELDS),
+            f"nothing to grow: the model does not grow ({describe_sizes(old)} before and after)")
 
 
 # Presets as code. Architecture only: vocab_size follows the tokenizer, seq_len may be overridden.

@@ -95,18 +95,10 @@ class GPT(nn.Module):
         elif hasattr(module, "init_parameters"):  # e.g. the MoE router
             module.init_parameters(cfg)
 
-    def init_block(self, block: nn.Module) -> nn.Module:
-        """Initialise a freshly built block exactly as blocks of this model are initialised."""
-        block.apply(self.init_weights)
-        return block
-
     # ------------------------------------------------------------- structure
     @property
     def block_keys(self) -> list[str]:
         return list(self.blocks.keys())
-
-    def ordered_blocks(self) -> list[Block]:
-        return list(self.blocks.values())
 
     def output_weight(self) -> torch.Tensor:
         """The output head's weight ``[vocab, d_model]`` (the token embedding when tied)."""

@@ -62,9 +62,10 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.q_proj = nn.Linear(config.d_model, config.d_attn, bias=config.bias)
-        self.k_proj = nn.Linear(config.d_model, config.d_kv, bias=config.bias)
-        self.v_proj = nn.Linear(config.d_model, config.d_kv, bias=config.bias)
+        qkv_bias = config.bias or config.qkv_bias
+        self.q_proj = nn.Linear(config.d_model, config.d_attn, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.d_model, config.d_kv, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.d_model, config.d_kv, bias=qkv_bias)
         self.o_proj = nn.Linear(config.d_attn, config.d_model, bias=config.bias)
         self.dropout = config.dropout
 

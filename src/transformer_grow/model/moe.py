@@ -1,11 +1,20 @@
 """Top-k routed mixture-of-experts feed-forward layer.
 
-Routing (Shazeer et al. 2017; Fedus et al. 2021, Switch Transformer): a linear router gives one logit
-per expert, a softmax over *all* experts gives probabilities ``p``, each token goes to the ``top_k``
-experts with the largest ``p``, and their outputs are combined with the chosen probabilities
-**renormalised over the chosen k** (``w_j = p_j / sum_chosen p``). Because the combine weights sum to
-one, experts that are copies of one FFN return exactly that FFN's output: dense -> MoE upcycling
-(Komatsuzaki et al. 2022) is function-preserving.
+Routing (Shazeer et al. 2017; Fedus et al. 2022, Switch Transformer): a linear router gives one logit
+per expert, a softmax over *all* experts gives probabilities ``p``, and each token goes to the
+``top_k`` experts with the largest ``p``. The chosen outputs are combined with weights
+
+    w_j = p_j / sg(S),   S = sum_{i chosen} p_i,   sg = stop-gradient (``detach``).
+
+Forward, ``w_j`` is the probability renormalised over the chosen experts, so the weights sum to one and
+experts that are copies of one FFN return exactly that FFN's output: dense -> MoE upcycling
+(Komatsuzaki et al. 2022) is function-preserving. Backward, ``dw_j = dp_j / S``: the router receives the
+Switch Transformer gradient (output multiplied by the router probability, Fedus et al. 2022, eq. 2),
+scaled by the constant 1/S. Plain renormalisation ``p_j / S`` would give ``dw = dp_j/S - p_j dS/S^2``,
+which is *zero* for top-1 (``w = 1`` whatever the router says) and, after upcycling, zero for any k
+(identical experts: ``sum_j w_j E(x) = E(x)``); so the router never learned from the LM loss. With the
+stop-gradient, top-1 is ``p / sg(p)`` (value exactly 1, gradient ``dp / p``) and identical experts give
+the router ``E(x) dS / S``: the LM loss moves the router from the first step.
 
 Dispatch is sparse: the (token, expert) assignments are sorted by expert and every expert runs once
 on just its tokens; no expert computes on tokens that were not routed to it.
@@ -22,7 +31,7 @@ from transformer_grow.model.layers import MLP
 
 
 def load_balancing_loss(probs: torch.Tensor, expert_index: torch.Tensor, n_expert: int) -> torch.Tensor:
-    """Switch Transformer auxiliary loss (Fedus et al. 2021, eq. 4): ``n_expert * sum_i f_i * P_i``.
+    """Switch Transformer auxiliary loss (Fedus et al. 2022, eq. 4): ``n_expert * sum_i f_i * P_i``.
 
     ``probs`` [N, E] are the router probabilities of N tokens, ``expert_index`` [N, k] the chosen
     experts. ``f_i`` is the fraction of the N*k routing assignments that went to expert i (for k = 1
@@ -61,7 +70,8 @@ class MoE(nn.Module):
         tokens = x.reshape(-1, shape[-1])  # [N, d]
         probs = F.softmax(self.router(tokens).float(), dim=-1)  # [N, E], fp32 for a stable softmax
         top_probs, top_index = probs.topk(self.top_k, dim=-1)  # [N, k]
-        combine = (top_probs / top_probs.sum(dim=-1, keepdim=True)).to(x.dtype)  # renormalised over chosen
+        # Renormalised over the chosen experts in value, Switch gradient through p (module docstring).
+        combine = (top_probs / top_probs.sum(dim=-1, keepdim=True).detach()).to(x.dtype)
 
         flat_expert = top_index.reshape(-1)  # [N*k], assignment a = token a // k
         order = torch.argsort(flat_expert, stable=True)

@@ -9,6 +9,8 @@ parameter and every derived quantity come from the same resamples; an interval i
 
 The Chinchilla fit and the IsoFLOP analysis are resampled over runs (the same resamples); each
 single-variable law is resampled over its own points (the best run per N or D, or the frontier).
+Only the fits that were requested are refitted, and the time each took is kept (``seconds_by_fit``).
+Prediction intervals for new runs add the residual noise to these samples (:mod:`.predict`).
 
 Leave-one-out: every run is predicted by the Chinchilla law fitted to all the others.
 """
@@ -46,12 +48,15 @@ class BootstrapResult:
     n_resamples: int
     level: float
     seed: int
-    chinchilla: ChinchillaParams  # arrays of length R; NaN where a refit failed
+    chinchilla: ChinchillaParams | None  # arrays of length R; NaN where a refit failed; None: not requested
     single: dict[str, PowerLawParams]  # arrays of length R
-    isoflop_a: np.ndarray  # (R,), NaN where fewer than two budgets survived the resample
-    isoflop_b: np.ndarray
-    chinchilla_seconds: float
+    isoflop: dict[str, np.ndarray] | None  # "a", "k_n", "b", "k_d": (R,), NaN where < 2 budgets survived
+    seconds_by_fit: dict[str, float]
     seconds: float
+
+    @property
+    def chinchilla_seconds(self) -> float:
+        return self.seconds_by_fit.get("chinchilla", 0.0)
 
     @property
     def seconds_per_resample(self) -> float:
@@ -60,6 +65,8 @@ class BootstrapResult:
 
     @property
     def n_failed(self) -> int:
+        if self.chinchilla is None:
+            return 0
         return int(np.sum(~np.isfinite(np.asarray(self.chinchilla.E))))
 
     def interval(self, samples) -> list[float] | None:
@@ -68,44 +75,54 @@ class BootstrapResult:
 
 def run_bootstrap(
     data: ScalingData,
-    chinchilla: ChinchillaFit,
+    chinchilla: ChinchillaFit | None,
     single: dict[str, PowerLawFit],
     *,
     n_resamples: int,
     level: float = 0.95,
     seed: int = 0,
+    isoflop: bool = True,
     isoflop_rtol: float = DEFAULT_RTOL,
 ) -> BootstrapResult:
-    """Bootstrap every fit ``n_resamples`` times (see the module docstring)."""
+    """Bootstrap the given fits ``n_resamples`` times (see the module docstring); ``None`` / ``{}`` /
+    ``isoflop=False`` leave a fit out."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     counts = resample_counts(len(data), n_resamples, rng)
-    t_chin = time.perf_counter()
-    chin_samples = chinchilla.refit(counts)
-    chinchilla_seconds = time.perf_counter() - t_chin
+    seconds: dict[str, float] = {}
+    chin_samples = None
+    if chinchilla is not None:
+        t = time.perf_counter()
+        chin_samples = chinchilla.refit(counts)
+        seconds["chinchilla"] = time.perf_counter() - t
 
     single_samples = {}
     for variable, fit in single.items():
+        t = time.perf_counter()
         single_samples[variable] = fit.refit(resample_counts(fit.x.size, n_resamples, rng))
+        seconds[f"L({variable})"] = time.perf_counter() - t
 
-    groups = group_budgets(data.flops, isoflop_rtol)
-    iso_a = np.full(n_resamples, np.nan)
-    iso_b = np.full(n_resamples, np.nan)
-    for r in range(n_resamples):
-        result = fit_isoflop(
-            data.n_params, data.tokens, data.flops, data.loss, counts=counts[r], groups=groups
-        )
-        if result.a is not None:
-            iso_a[r], iso_b[r] = result.a, result.b
+    iso_samples = None
+    if isoflop:
+        t = time.perf_counter()
+        groups = group_budgets(data.flops, isoflop_rtol)
+        iso_samples = {name: np.full(n_resamples, np.nan) for name in ("a", "k_n", "b", "k_d")}
+        for r in range(n_resamples):
+            result = fit_isoflop(
+                data.n_params, data.tokens, data.flops, data.loss, counts=counts[r], groups=groups
+            )
+            if result.a is not None:
+                for name in iso_samples:
+                    iso_samples[name][r] = getattr(result, name)
+        seconds["isoflop"] = time.perf_counter() - t
     return BootstrapResult(
         n_resamples=n_resamples,
         level=level,
         seed=seed,
         chinchilla=chin_samples,
         single=single_samples,
-        isoflop_a=iso_a,
-        isoflop_b=iso_b,
-        chinchilla_seconds=chinchilla_seconds,
+        isoflop=iso_samples,
+        seconds_by_fit=seconds,
         seconds=time.perf_counter() - t0,
     )
 

@@ -4,7 +4,11 @@ Fitted as in the paper's Approach 3 (section 3.3 and appendix D.2): Huber loss (
 residuals of the log loss, the model written as ``LSE(a - alpha log N, b - beta log D, e)`` with
 ``A = exp(a)``, ``B = exp(b)``, ``E = exp(e)``, L-BFGS from a grid of initialisations, best optimum
 kept. The objective, its analytic gradient and the batched multi-start live in :mod:`.objective`,
-:mod:`.lbfgs` and :mod:`.multistart`.
+:mod:`.lbfgs` and :mod:`.multistart`; by default the start grid is first projected by variable
+projection (:mod:`.varpro`: for fixed ``alpha, beta`` the best ``E, A, B >= 0`` solve a small
+non-negative least squares problem), which turns the 4,500 starts into their 25 distinct exponent pairs.
+``objective`` chooses the loss on log residuals: ``huber`` (the paper's), ``huber-mle`` (Huber likelihood
+with its scale fitted, Besiroglu et al. 2024), ``mse`` or ``mae``.
 
 Derived quantities (paper, eq. 4 and appendix D.2), with compute ``C = 6 N D``:
 ``G = (alpha A / (beta B))^(1 / (alpha + beta))``, ``N_opt(C) = G (C/6)^a``, ``D_opt(C) = G^-1 (C/6)^b``,
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from transformer_grow.errors import require
+from transformer_grow.errors import choice, require
 from transformer_grow.scaling.multistart import (
     MAX_ITER,
     MultiStartResult,
@@ -28,6 +32,7 @@ from transformer_grow.scaling.multistart import (
     refit_weighted,
     start_grid,
 )
+from transformer_grow.scaling.objective import OBJECTIVES
 
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 
@@ -48,9 +53,12 @@ class ChinchillaConfig:
     beta_grid: tuple[float, ...] = _steps(0.0, 2.0, 0.5)
     best_rtol: float = 1e-4  # a start "reached the best optimum" if its objective is within this of it
     max_iter: int = MAX_ITER  # batched L-BFGS iterations per start
+    objective: str = "huber"  # huber, huber-mle, mse or mae (see :mod:`.objective`)
+    project: bool = True  # variable projection of the start grid (see :mod:`.varpro`)
 
     def __post_init__(self) -> None:
         require(self.huber_delta > 0, f"huber_delta={self.huber_delta} must be > 0")
+        choice("objective", self.objective, OBJECTIVES)
         require(self.best_rtol >= 0, f"best_rtol={self.best_rtol} must be >= 0")
         require(self.max_iter >= 1, f"max_iter={self.max_iter} must be >= 1")
         for name in ("e_grid", "a_grid", "alpha_grid", "b_grid", "beta_grid"):
@@ -156,6 +164,15 @@ class ChinchillaFit:
     def log_inputs(self) -> np.ndarray:
         return np.stack([np.log(self.n_params), np.log(self.tokens)], axis=1)
 
+    @property
+    def log_residuals(self) -> np.ndarray:
+        """``log L_i - log L_hat_i`` of every run (observed minus fitted)."""
+        return np.log(self.loss) - np.log(self.params.loss(self.n_params, self.tokens))
+
+    @property
+    def n_free(self) -> int:
+        return len(PARAM_NAMES)
+
     def refit(self, weights: np.ndarray) -> ChinchillaParams:
         """Parameters (arrays of length R) refitted under each weight row (R, n), warm-started."""
         theta = refit_weighted(
@@ -164,6 +181,7 @@ class ChinchillaFit:
             weights,
             self.search.warm_starts,
             delta=self.config.huber_delta,
+            kind=self.config.objective,
         )
         return ChinchillaParams.from_theta(theta)
 
@@ -178,6 +196,8 @@ def fit_chinchilla(n_params, tokens, loss, config: ChinchillaConfig | None = Non
         np.log(loss),
         config.starts(),
         delta=config.huber_delta,
+        kind=config.objective,
+        project_starts=config.project,
         best_rtol=config.best_rtol,
         max_iter=config.max_iter,
     )

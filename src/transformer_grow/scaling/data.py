@@ -7,12 +7,15 @@ written when the file was read (or a crash mid-write): it is ignored. Any other 
 
 CSV: a header row, then one row per run. Columns are chosen by name, the same way for both formats:
 
-- N: ``n_col`` (default ``n_params_nonembedding``), loss: ``loss_col`` (default ``final_val_loss``);
-- D: ``d_col``, or else D = C / (6 N) from ``c_col``, or else the ``tokens`` column;
-- C: ``c_col``, or else the ``flops`` column when present, or else C = 6 N D.
+- loss: ``loss_col`` (default ``final_val_loss``);
+- N, D, C: two named columns are enough: the third is derived with ``C = 6 N D`` (Kaplan et al. 2020,
+  eq. 2.1, forward and backward pass). With fewer than two of ``n_col``, ``d_col``, ``c_col`` given, the
+  defaults fill in: N from ``n_params_nonembedding``, D from ``tokens`` (unless ``c_col`` was given),
+  C from ``flops``.
 
-Every value must be a positive finite number; a bad value is refused with its line and column
-(or, with ``drop_invalid``, its run is left out and counted).
+Then, in this order: ``where`` conditions select rows (:mod:`.rowfilter`); every value must be a positive
+finite number, a bad value is refused with its line and column (or, with ``drop_invalid``, its run is
+left out and counted); ``drop_highest`` leaves out the K highest-loss runs (diverged or broken runs).
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.io import read_text_strict
 
 DEFAULT_N_COL = "n_params_nonembedding"
 DEFAULT_D_COL = "tokens"
@@ -48,7 +53,8 @@ class ScalingData:
     labels: list[str]  # run_id when the record has one, else "line K" / "row K"
     source: str = ""
     columns: dict[str, str] = field(default_factory=dict)  # quantity -> column or formula used
-    dropped: list[str] = field(default_factory=list)  # runs left out by drop_invalid, with the reason
+    dropped: list[str] = field(default_factory=list)  # runs left out (drop_invalid, drop_highest), with the reason
+    filters: list[str] = field(default_factory=list)  # the where conditions applied, with the rows they kept
 
     def __len__(self) -> int:
         return int(self.loss.shape[0])
@@ -58,7 +64,7 @@ def read_jsonl_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` for every complete line of a results JSONL file; see the module docstring."""
     path = Path(path)
     require(path.is_file(), f"results file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_strict(path, "results file")
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, start=1):
@@ -77,7 +83,7 @@ def read_jsonl_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with StringIO(read_text_strict(path, "CSV file"), newline="") as f:
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or [])
         rows = [(f"row {i}", row) for i, row in enumerate(reader, start=2)]
@@ -104,6 +110,8 @@ def load_scaling_data(
     loss_col: str | None = None,
     drop_invalid: bool = False,
     min_points: int = MIN_POINTS,
+    where: tuple[str, ...] = (),
+    drop_highest: int = 0,
 ) -> ScalingData:
     """Read ``path`` (JSONL or CSV) into :class:`ScalingData`; see the module docstring for columns."""
     choice("format", fmt, FORMATS)
@@ -131,7 +139,43 @@ def load_scaling_data(
         loss_col=loss_col,
         drop_invalid=drop_invalid,
         min_points=min_points,
+        where=where,
+        drop_highest=drop_highest,
     )
+
+
+def _choose_columns(header: list[str], source: str, n_col, d_col, c_col, loss_col) -> dict[str, str]:
+    """Quantity -> column for loss and two or three of N, D, C (see the module docstring)."""
+    available = ", ".join(header) if header else "(none)"
+    for option, name in (("--n-col", n_col), ("--d-col", d_col), ("--c-col", c_col), ("--loss-col", loss_col)):
+        require(name is None or name in header, f"{option} {name!r} is not a column of {source}; columns: {available}")
+    loss_name = loss_col or (DEFAULT_LOSS_COL if DEFAULT_LOSS_COL in header else None)
+    require(loss_name is not None,
+            f"{source} has no column {DEFAULT_LOSS_COL!r}; name the loss column with --loss-col ({available})")
+    names = {q: name for q, name in (("N", n_col), ("D", d_col), ("C", c_col)) if name is not None}
+    if len(names) < 2:
+        defaults = [("N", DEFAULT_N_COL), ("D", None if c_col is not None else DEFAULT_D_COL), ("C", DEFAULT_C_COL)]
+        for quantity, default in defaults:
+            if quantity not in names and default in header:
+                names[quantity] = default
+    require(len(names) >= 2,
+            f"{source} names only {', '.join(f'{q} ({c})' for q, c in names.items()) or 'none'} of N, D, C; give two "
+            f"of --n-col, --d-col, --c-col (the third follows from C = 6 N D; columns: {available})")
+    return {"loss": loss_name, **names}
+
+
+def _apply_filters(rows, header: list[str], where: tuple[str, ...], source: str):
+    """Rows matching every ``where`` expression, and a line per expression saying how many rows it kept."""
+    from transformer_grow.scaling.rowfilter import parse_where
+
+    notes = []
+    for text in where:
+        conditions = parse_where(text, header)
+        before = len(rows)
+        rows = [(label, record) for label, record in rows if all(c.matches(record) for c in conditions)]
+        notes.append(f"{' and '.join(map(str, conditions))}: kept {len(rows)} of {before} rows")
+        require(rows, f"{source}: --where {text!r} leaves no rows")
+    return rows, notes
 
 
 def data_from_records(
@@ -145,36 +189,17 @@ def data_from_records(
     loss_col: str | None = None,
     drop_invalid: bool = False,
     min_points: int = MIN_POINTS,
+    where: tuple[str, ...] = (),
+    drop_highest: int = 0,
 ) -> ScalingData:
     """Build :class:`ScalingData` from ``(label, record)`` pairs (records are dicts of column -> value)."""
     if header is None:
         header = sorted({key for _, record in rows for key in record})
-    available = ", ".join(header) if header else "(none)"
-
-    def column(option: str, name: str | None, default: str | None) -> str | None:
-        if name is not None:
-            require(name in header, f"{option} {name!r} is not a column of {source}; columns: {available}")
-            return name
-        return default if default in header else None
-
-    n_name = column("--n-col", n_col, DEFAULT_N_COL)
-    loss_name = column("--loss-col", loss_col, DEFAULT_LOSS_COL)
-    d_name = column("--d-col", d_col, None if c_col is not None else DEFAULT_D_COL)
-    c_name = column("--c-col", c_col, DEFAULT_C_COL)
-    require(
-        n_name is not None,
-        f"{source} has no column {DEFAULT_N_COL!r}; name the N column with --n-col ({available})",
-    )
-    require(
-        loss_name is not None,
-        f"{source} has no column {DEFAULT_LOSS_COL!r}; name the loss column with --loss-col ({available})",
-    )
-    require(
-        d_name is not None or c_name is not None,
-        f"{source} has no column {DEFAULT_D_COL!r} or {DEFAULT_C_COL!r}; name the tokens column with --d-col "
-        f"or the compute column with --c-col ({available})",
-    )
-    wanted = [("N", n_name), ("loss", loss_name)] + [(q, c) for q, c in (("D", d_name), ("C", c_name)) if c]
+    require(isinstance(drop_highest, int) and drop_highest >= 0,
+            f"drop_highest={drop_highest!r} must be an integer >= 0")
+    columns = _choose_columns(header, source, n_col, d_col, c_col, loss_col)
+    rows, filters = _apply_filters(rows, header, tuple(where), source)
+    wanted = list(columns.items())
 
     values: dict[str, list[float]] = {q: [] for q, _ in wanted}
     labels, dropped = [], []
@@ -200,29 +225,39 @@ def data_from_records(
         for quantity, value in parsed.items():
             values[quantity].append(value)
 
+    arrays = {q: np.array(v) for q, v in values.items()}
+    if drop_highest:
+        require(drop_highest <= len(labels) - min_points,
+                f"--drop-highest {drop_highest} would leave {len(labels) - drop_highest} runs; the fit needs at "
+                f"least {min_points}")
+        order = np.argsort(arrays["loss"], kind="stable")
+        keep, gone = np.sort(order[:-drop_highest]), order[-drop_highest:]
+        dropped += [f"{labels[i]}: one of the {drop_highest} highest losses ({arrays['loss'][i]:.4g}), --drop-highest"
+                    for i in gone]
+        arrays = {q: v[keep] for q, v in arrays.items()}
+        labels = [labels[i] for i in keep]
     n_points = len(labels)
     require(
         n_points >= min_points,
         f"{source}: {n_points} usable runs; the fit needs at least {min_points}",
     )
-    n_params, loss = np.array(values["N"]), np.array(values["loss"])
-    columns = {"N": n_name, "loss": loss_name}
-    if d_name:
-        tokens = np.array(values["D"])
-        columns["D"] = d_name
-    else:
-        tokens = np.array(values["C"]) / (6.0 * n_params)
-        columns["D"] = f"{c_name} / (6 N)"
-    if c_name:
-        flops = np.array(values["C"])
-        columns["C"] = c_name
-    else:
-        flops = 6.0 * n_params * tokens
-        columns["C"] = "6 N D"
+    used = dict(columns)
+    if "N" not in arrays:
+        arrays["N"] = arrays["C"] / (6.0 * arrays["D"])
+        used["N"] = f"{columns['C']} / (6 D)"
+    if "D" not in arrays:
+        arrays["D"] = arrays["C"] / (6.0 * arrays["N"])
+        used["D"] = f"{columns['C']} / (6 N)"
+    if "C" not in arrays:
+        arrays["C"] = 6.0 * arrays["N"] * arrays["D"]
+        used["C"] = "6 N D"
+    n_params, tokens, flops, loss = arrays["N"], arrays["D"], arrays["C"], arrays["loss"]
     for quantity, array in (("N", n_params), ("D", tokens)):
         distinct = np.unique(array).size
         require(
             distinct >= 2,
             f"{source}: all runs have the same {quantity} ({array[0]:.4g}); need at least 2 values",
         )
-    return ScalingData(n_params, tokens, flops, loss, labels, source, columns, dropped)
+    order = ("N", "loss", "D", "C")
+    used = {q: used[q] for q in order}
+    return ScalingData(n_params, tokens, flops, loss, labels, source, used, dropped, filters)

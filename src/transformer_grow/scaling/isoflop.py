@@ -7,6 +7,11 @@ gives the loss-minimising size ``N_opt(C)`` (its vertex); ``D_opt(C)`` is read o
 ``N_opt = k_N C^a`` and ``D_opt = k_D C^b`` are then least-squares lines in log-log space through
 the vertices. A vertex outside the sampled N range is marked ``extrapolated`` (the paper's caveat:
 the grid should bracket the optimum); a profile that is not convex has no minimum and is skipped.
+
+Approach 2 needs runs *on* a few budgets. :func:`budget_layout_problem` says why data are not: fewer
+than two budgets with ``min_runs`` model sizes, most runs off such budgets, or budgets that run into their
+neighbours (compute spread continuously: grouping within ``rtol`` then cuts it into pseudo-budgets whose
+parabolas fit noise). The analysis skips Approach 2 with a warning then, or refuses when it was asked for.
 """
 
 from __future__ import annotations
@@ -62,6 +67,31 @@ def group_budgets(flops: np.ndarray, rtol: float = DEFAULT_RTOL) -> list[np.ndar
             start = flops[i]
         groups[-1].append(int(i))
     return [np.array(g, dtype=int) for g in groups]
+
+
+def budget_layout_problem(flops: np.ndarray, n_params: np.ndarray, rtol: float = DEFAULT_RTOL,
+                          min_runs: int = MIN_RUNS) -> str | None:
+    """Why the runs do not sit on a few IsoFLOP budgets (module docstring), or None when they do."""
+    groups = group_budgets(flops, rtol)
+    usable = [i for i, g in enumerate(groups) if np.unique(n_params[g]).size >= min_runs]
+    if len(usable) < 2:
+        return (f"only {len(usable)} compute budget(s) (within rtol={rtol:g}) hold {min_runs} or more distinct "
+                "model sizes; need 2")
+    on_budgets = sum(groups[i].size for i in usable)
+    if on_budgets < 0.5 * flops.size:
+        return (f"only {on_budgets} of {flops.size} runs lie on budgets with {min_runs} or more model sizes: the "
+                "compute values are spread out, not on a few budgets")
+    lows = [float(flops[g].min()) for g in groups]
+    highs = [float(flops[g].max()) for g in groups]
+    crowded = 0
+    for i in usable:
+        near_next = i + 1 < len(groups) and lows[i + 1] < highs[i] * (1.0 + rtol)
+        near_prev = i > 0 and lows[i] < highs[i - 1] * (1.0 + rtol)
+        crowded += near_next or near_prev
+    if crowded > len(usable) / 4:
+        return (f"{crowded} of {len(usable)} budgets run into their neighbours (gap < rtol={rtol:g}): the compute "
+                "values are spread continuously and grouping them makes pseudo-budgets")
+    return None
 
 
 def _power_law(flops: np.ndarray, values: np.ndarray) -> tuple[float, float]:

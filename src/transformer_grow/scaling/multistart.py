@@ -1,6 +1,11 @@
 """Multi-start fitting of a log-space power-law sum (see :mod:`.objective`), and weighted refits.
 
-:func:`fit_multistart` runs the batched L-BFGS (:mod:`.lbfgs`) from *every* start of a grid, polishes
+:func:`fit_multistart` first projects the start grid (:mod:`.varpro`, the default): every start keeps its
+exponents and gets the best linear part ``E, A_k`` for them, so starts that share their exponents become one
+start (the 4,500-start Approach-3 grid becomes its 25 exponent pairs); to these it adds the ``n_dense``
+best projected points of a dense exponent grid (``DENSE_EXPONENTS`` per axis, ranked by the objective
+itself). With ``project=False`` it runs every grid start as given. Either way it runs the batched L-BFGS
+(:mod:`.lbfgs`) from every start, polishes
 the best optimum with ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)`` (a check by a reference
 implementation; at most 20 iterations, as the batched run has already converged), keeps the better of
 the two, and counts how many grid starts ended within ``best_rtol`` of the best objective.
@@ -20,7 +25,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from transformer_grow.scaling.lbfgs import minimize_batched
-from transformer_grow.scaling.objective import LogHuberObjective, Standardizer
+from transformer_grow.scaling.objective import LogHuberObjective, Standardizer, gradient_scale
+from transformer_grow.scaling.varpro import exponent_grid, project
 
 # Stopping tests of the batched L-BFGS: relative objective decrease, largest gradient component
 # relative to the Huber delta (the gradient of the mean Huber loss scales with delta), and stalling:
@@ -38,6 +44,10 @@ WARM_DISTANCE = 0.05
 # Refits (bootstrap, leave-one-out) start next to an optimum: 200 iterations gave the same bootstrap
 # parameters (to 1e-12) as 500 on 32- and 100-point data sets, at about half the cost.
 REFIT_MAX_ITER = 200
+# Dense exponent grid of the projected search (raw exponents), and how many of its best points are run.
+DENSE_EXPONENTS = np.linspace(0.05, 2.0, 30)
+N_DENSE = 16
+INITIAL_LOG_SCALE = float(np.log(0.02))  # Huber likelihood, unprojected starts: s = 2% of the loss
 
 
 @dataclass(frozen=True)
@@ -45,13 +55,16 @@ class MultiStartResult:
     """Best raw parameter vector ``[e, a_1, alpha_1, ...]`` and what the search did to find it."""
 
     theta: np.ndarray  # raw coordinates
-    objective: float  # weighted mean Huber loss at theta
-    starts_run: int  # every grid start was run by the batched L-BFGS
-    starts_at_best: int  # grid starts whose final objective is within best_rtol of the best
+    objective: float  # weighted mean Huber loss (or the ``kind``'s objective) at theta
+    starts_run: int  # L-BFGS runs (projected: distinct projected grid starts + dense exponent starts)
+    starts_at_best: int  # L-BFGS runs whose final objective is within best_rtol of the best
     starts_converged: int  # grid starts stopped by the ftol/gtol tests (not by max_iter / line search)
     best_rtol: float
     warm_starts: np.ndarray  # (k, P) raw: best distinct optima, used to warm-start refits
     seconds: float
+    grid_starts: int = 0  # starts of the configured grid (before projection)
+    projected: bool = False
+    kind: str = "huber"
 
 
 def start_grid(axes: list[tuple[float, ...]]) -> np.ndarray:
@@ -87,28 +100,61 @@ def polish(objective: LogHuberObjective, theta_std: np.ndarray, row: int = 0) ->
     return result.x, value
 
 
+def _projected_starts(objective: LogHuberObjective, standardizer: Standardizer, starts_raw: np.ndarray,
+                      n_dense: int) -> np.ndarray:
+    """Standardised starts: the grid's distinct exponent rows projected, plus the best dense-grid points."""
+    n_terms = objective.n_terms
+    loss = np.exp(objective.log_loss)
+    grid_exponents = np.unique(starts_raw[:, 2 : 1 + 2 * n_terms : 2], axis=0) * standardizer.sigma
+    starts = project(objective.features, loss, grid_exponents)
+    if n_dense > 0:
+        dense = project(objective.features, loss, exponent_grid(DENSE_EXPONENTS, n_terms) * standardizer.sigma)
+        value, _ = LogHuberObjective(objective.features, objective.log_loss, 1e-3).value_and_grad(dense)
+        pick = _distinct_best(dense, value, n_dense, WARM_DISTANCE)
+        starts = np.concatenate([starts, dense[pick]])
+    return starts
+
+
+def _with_log_scale(objective: LogHuberObjective, theta_std: np.ndarray) -> np.ndarray:
+    """Append ``log s`` (robust scale of each start's residuals) for the Huber likelihood."""
+    residual = objective.log_prediction(theta_std) - objective.log_loss
+    scale = 1.4826 * np.median(np.abs(residual), axis=1)
+    log_scale = np.log(np.maximum(np.where(np.isfinite(scale), scale, 1.0), 1e-6))
+    return np.column_stack([theta_std, log_scale])
+
+
 def fit_multistart(
     log_x: np.ndarray,
     log_loss: np.ndarray,
     starts_raw: np.ndarray,
     *,
     delta: float,
+    kind: str = "huber",
+    project_starts: bool = True,
+    n_dense: int = N_DENSE,
     best_rtol: float = 1e-4,
     n_polish: int = 1,
     n_warm: int = 3,
     max_iter: int = MAX_ITER,
 ) -> MultiStartResult:
-    """Fit ``log L = LSE(e, a_k - alpha_k log x_k)`` to ``log_loss`` from every row of ``starts_raw``."""
+    """Fit ``log L = LSE(e, a_k - alpha_k log x_k)`` to ``log_loss`` from the grid ``starts_raw`` (module docstring)."""
     t0 = time.perf_counter()
     log_x = np.asarray(log_x, dtype=float).reshape(len(log_loss), -1)
     standardizer = Standardizer.of(log_x)
-    objective = LogHuberObjective(standardizer.features(log_x), log_loss, delta)
+    objective = LogHuberObjective(standardizer.features(log_x), log_loss, delta, kind=kind)
+    if project_starts:
+        x0 = _projected_starts(objective, standardizer, starts_raw, n_dense)
+    else:
+        x0 = standardizer.to_standard(starts_raw)
+    if objective.scale_param:
+        x0 = _with_log_scale(objective, x0) if project_starts else np.column_stack(
+            [x0, np.full(x0.shape[0], INITIAL_LOG_SCALE)])
     batched = minimize_batched(
         objective.value_and_grad,
-        standardizer.to_standard(starts_raw),
+        x0,
         max_iter=max_iter,
         ftol=FTOL,
-        gtol=GTOL_PER_DELTA * delta,
+        gtol=GTOL_PER_DELTA * gradient_scale(kind, delta),
         stall_window=STALL_WINDOW,
         stall_rtol=STALL_RTOL,
     )
@@ -124,12 +170,15 @@ def fit_multistart(
     return MultiStartResult(
         theta=standardizer.to_raw(best_std),
         objective=float(best_value),
-        starts_run=int(starts_raw.shape[0]),
+        starts_run=int(x0.shape[0]),
         starts_at_best=at_best,
         starts_converged=int(batched.converged.sum()),
         best_rtol=best_rtol,
         warm_starts=standardizer.to_raw(warm_std),
         seconds=time.perf_counter() - t0,
+        grid_starts=int(starts_raw.shape[0]),
+        projected=project_starts,
+        kind=kind,
     )
 
 
@@ -140,6 +189,7 @@ def refit_weighted(
     warm_starts_raw: np.ndarray,
     *,
     delta: float,
+    kind: str = "huber",
     max_iter: int = REFIT_MAX_ITER,
 ) -> np.ndarray:
     """Best raw parameters (R, P) for each weight row (R, n), each started from every warm start.
@@ -148,7 +198,7 @@ def refit_weighted(
     """
     log_x = np.asarray(log_x, dtype=float).reshape(len(log_loss), -1)
     standardizer = Standardizer.of(log_x)
-    objective = LogHuberObjective(standardizer.features(log_x), log_loss, delta, weights=weights)
+    objective = LogHuberObjective(standardizer.features(log_x), log_loss, delta, weights=weights, kind=kind)
     n_rows, n_warm = objective.weights.shape[0], warm_starts_raw.shape[0]
     x0 = np.tile(standardizer.to_standard(warm_starts_raw), (n_rows, 1))  # row r uses starts r*k .. r*k+k-1
     rows = np.repeat(np.arange(n_rows), n_warm)
@@ -161,7 +211,7 @@ def refit_weighted(
         x0,
         max_iter=max_iter,
         ftol=FTOL,
-        gtol=GTOL_PER_DELTA * delta,
+        gtol=GTOL_PER_DELTA * gradient_scale(kind, delta),
         stall_window=STALL_WINDOW,
         stall_rtol=STALL_RTOL,
     )

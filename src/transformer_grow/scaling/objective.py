@@ -23,14 +23,49 @@ about 20) into a well scaled one. The map between raw and standardised parameter
 (:func:`to_standard`, :func:`to_raw`), so a start in raw coordinates is the same function of the data
 in both.
 
-Parameter vector layout (raw or standardised): ``[e, a_1, alpha_1, ..., a_K, alpha_K]``.
+Parameter vector layout (raw or standardised): ``[e, a_1, alpha_1, ..., a_K, alpha_K]``, followed by
+``log s`` for the Huber likelihood (below).
+
+Objectives (``kind``), all on the log residuals ``r_i``:
+
+- ``huber``: the paper's Huber loss with threshold ``delta`` (default ``1e-3``);
+- ``mse``: least squares, ``r^2 / 2`` (the Huber loss with an infinite threshold);
+- ``mae``: least absolute deviations, smoothed as a Huber loss with threshold ``MAE_DELTA`` so the
+  gradient exists everywhere;
+- ``huber-mle``: the negative log-likelihood of a Huber density with scale ``s`` fitted together with the
+  law (Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt", who note that the paper's
+  fixed loss scale stopped its optimizer early): ``rho_k(r / s) + log s + log Z_k`` with Huber's
+  ``k = 1.345`` (95% efficiency at normal noise) and ``Z_k = sqrt(2 pi) (2 Phi(k) - 1) + 2 exp(-k^2/2) / k``.
+  With ``u = r / s``: ``d/dr = psi_k(u) / s``, ``d/d log s = 1 - psi_k(u) u``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from transformer_grow.errors import choice
+
+OBJECTIVES = ("huber", "huber-mle", "mse", "mae")
+MAE_DELTA = 1e-6
+HUBER_MLE_K = 1.345
+# log of the normaliser Z_k of exp(-rho_k(u)) (see the module docstring).
+HUBER_MLE_LOG_Z = math.log(
+    math.sqrt(2 * math.pi) * math.erf(HUBER_MLE_K / math.sqrt(2)) + 2 * math.exp(-(HUBER_MLE_K**2) / 2) / HUBER_MLE_K
+)
+
+
+def threshold(kind: str, delta: float) -> float:
+    """The Huber threshold of ``kind`` on log residuals (for ``huber-mle``: on ``r / s``)."""
+    choice("objective", kind, OBJECTIVES)
+    return {"huber": delta, "mse": math.inf, "mae": MAE_DELTA, "huber-mle": HUBER_MLE_K}[kind]
+
+
+def gradient_scale(kind: str, delta: float) -> float:
+    """Typical size of the objective's gradient near an optimum: the stopping test is relative to it."""
+    return {"huber": delta, "mse": 1e-3, "mae": MAE_DELTA, "huber-mle": 1.0}[kind]
 
 
 def huber(r: np.ndarray, delta: float) -> np.ndarray:
@@ -63,21 +98,29 @@ class Standardizer:
     def to_standard(self, theta_raw: np.ndarray) -> np.ndarray:
         """``a~ = a - alpha mu``, ``alpha~ = alpha sigma`` (last axis is the parameter vector)."""
         theta = np.array(theta_raw, dtype=float, copy=True)
-        a, alpha = theta[..., 1::2], theta[..., 2::2]
-        theta[..., 1::2] = a - alpha * self.mu
-        theta[..., 2::2] = alpha * self.sigma
+        a_slice, alpha_slice = self._slices
+        a, alpha = theta[..., a_slice], theta[..., alpha_slice]
+        theta[..., a_slice] = a - alpha * self.mu
+        theta[..., alpha_slice] = alpha * self.sigma
         return theta
 
     def to_raw(self, theta_std: np.ndarray) -> np.ndarray:
         theta = np.array(theta_std, dtype=float, copy=True)
-        alpha = theta[..., 2::2] / self.sigma
-        theta[..., 2::2] = alpha
-        theta[..., 1::2] = theta[..., 1::2] + alpha * self.mu
+        a_slice, alpha_slice = self._slices
+        alpha = theta[..., alpha_slice] / self.sigma
+        theta[..., alpha_slice] = alpha
+        theta[..., a_slice] = theta[..., a_slice] + alpha * self.mu
         return theta
+
+    @property
+    def _slices(self) -> tuple[slice, slice]:
+        """``a_k`` and ``alpha_k`` entries; a trailing ``log s`` (Huber likelihood) is left alone."""
+        end = 1 + 2 * self.mu.size
+        return slice(1, end, 2), slice(2, end, 2)
 
 
 class LogHuberObjective:
-    """Weighted mean Huber loss of log-space residuals, batched over many parameter vectors.
+    """Weighted mean Huber loss (or another ``kind``) of log-space residuals, batched over many parameter vectors.
 
     ``features`` (n, K) are the (standardised) log inputs, ``log_loss`` (n,) the observed log losses,
     ``weights`` (R, n) one or more non-negative weight rows (each normalised to sum 1). Every
@@ -90,12 +133,15 @@ class LogHuberObjective:
         log_loss: np.ndarray,
         delta: float,
         weights: np.ndarray | None = None,
+        kind: str = "huber",
     ) -> None:
         self.features = np.asarray(features, dtype=float)
         if self.features.ndim == 1:
             self.features = self.features[:, None]
         self.log_loss = np.asarray(log_loss, dtype=float)
-        self.delta = float(delta)
+        self.kind = kind
+        self.delta = threshold(kind, float(delta))
+        self.scale_param = kind == "huber-mle"
         n = self.log_loss.shape[0]
         w = np.ones((1, n)) if weights is None else np.atleast_2d(np.asarray(weights, dtype=float))
         self.weights = w / w.sum(axis=1, keepdims=True)
@@ -106,7 +152,7 @@ class LogHuberObjective:
 
     @property
     def n_params(self) -> int:
-        return 1 + 2 * self.n_terms
+        return 1 + 2 * self.n_terms + int(self.scale_param)
 
     def log_prediction(self, theta: np.ndarray) -> np.ndarray:
         """``log L_hat`` (S, n) for parameter vectors ``theta`` (S, P)."""
@@ -166,6 +212,11 @@ class LogHuberObjective:
         residual = np.log(total)
         residual += m
         residual -= self.log_loss
+        inv_scale = None
+        if self.scale_param:  # Huber likelihood: work on u = r / s, add log s + log Z_k
+            log_s = theta[:, -1:]
+            inv_scale = np.exp(-np.maximum(log_s, -100.0))  # a line search may try absurdly small scales
+            residual *= inv_scale
         # Huber: c = min(|r|, delta); loss = c (|r| - c/2); psi = clip(r, -delta, delta).
         absr = np.abs(residual, out=m)
         c = np.minimum(absr, self.delta)
@@ -174,7 +225,13 @@ class LogHuberObjective:
         np.multiply(c, 2.0, out=c)
         np.multiply(c, absr, out=absr)
         np.einsum("sn,sn->s", absr, np.broadcast_to(w, (s, n)), out=value_out)
+        if self.scale_param:
+            u = residual.copy()
         np.clip(residual, -self.delta, self.delta, out=residual)
+        if self.scale_param:
+            value_out += log_s[:, 0] + HUBER_MLE_LOG_Z
+            grad_out[:, -1] = 1.0 - np.einsum("sn,sn->s", residual * u, np.broadcast_to(w, (s, n)))
+            residual *= inv_scale
         residual *= w
         residual /= total  # coef_i = w_i psi(r_i) / total_i; coef_i exp(t_k - m) = w_i psi_i p_k
         grad_out[:, 0] = np.einsum("sn,sn->s", residual, exps[0])

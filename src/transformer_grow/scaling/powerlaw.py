@@ -37,6 +37,8 @@ class PowerLawConfig:
     alpha_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
     best_rtol: float = 1e-4
     max_iter: int = MAX_ITER
+    objective: str = "huber"  # as ChinchillaConfig.objective
+    project: bool = True
 
     def starts(self) -> np.ndarray:
         return start_grid([self.e_grid, self.a_grid, self.alpha_grid])
@@ -79,6 +81,15 @@ class PowerLawFit:
     indices: np.ndarray  # rows of the input data the fit used
     config: PowerLawConfig
 
+    @property
+    def log_residuals(self) -> np.ndarray:
+        """``log L_i - log L_hat_i`` of the fitted points."""
+        return np.log(self.loss) - np.log(self.params.loss(self.x))
+
+    @property
+    def n_free(self) -> int:
+        return 3
+
     def refit(self, weights: np.ndarray) -> PowerLawParams:
         """Parameters refitted under each weight row (R, len(x)), warm-started from this fit."""
         theta = refit_weighted(
@@ -87,6 +98,7 @@ class PowerLawFit:
             weights,
             self.search.warm_starts,
             delta=self.config.huber_delta,
+            kind=self.config.objective,
         )
         return PowerLawParams.from_theta(theta)
 
@@ -123,6 +135,8 @@ def fit_power_law(
         np.log(loss),
         config.starts(),
         delta=config.huber_delta,
+        kind=config.objective,
+        project_starts=config.project,
         best_rtol=config.best_rtol,
         max_iter=config.max_iter,
         n_polish=0,  # the batched L-BFGS result as is: three parameters, 150 starts
@@ -136,15 +150,20 @@ def fit_single_variable_laws(
     flops: np.ndarray,
     loss: np.ndarray,
     config: PowerLawConfig | None = None,
+    variables: tuple[str, ...] = ("N", "D", "C"),
 ) -> tuple[dict[str, PowerLawFit], dict[str, str]]:
-    """``L(N)``, ``L(D)``, ``L(C)`` on their point sets; a law with fewer than 4 points is skipped (reason given)."""
+    """``L(N)``, ``L(D)``, ``L(C)`` (those in ``variables``) on their point sets; a law with fewer than 4
+    points is skipped (reason given)."""
     fits: dict[str, PowerLawFit] = {}
     skipped: dict[str, str] = {}
-    for variable, x, idx in (
-        ("N", n_params, lowest_loss_per_value(n_params, loss)),
-        ("D", tokens, lowest_loss_per_value(tokens, loss)),
-        ("C", flops, compute_frontier(flops, loss)),
+    for variable, x, points in (
+        ("N", n_params, lowest_loss_per_value),
+        ("D", tokens, lowest_loss_per_value),
+        ("C", flops, compute_frontier),
     ):
+        if variable not in variables:
+            continue
+        idx = points(x, loss)
         if idx.size < MIN_POINTS:
             skipped[variable] = f"only {idx.size} points (need {MIN_POINTS})"
             continue

@@ -1,6 +1,11 @@
-"""``fit.json``, ``fit.md`` and the stdout summary of a :class:`~.analysis.ScalingAnalysis`.
+"""``fit.json`` of a :class:`~.analysis.ScalingAnalysis`, and :func:`write_report` (JSON, markdown, plots).
 
-Every interval is a bootstrap percentile interval at ``level`` (null when the bootstrap is off).
+Uncertainty, all from the same bootstrap resamples (null when the bootstrap is off):
+
+- ``ci``: percentile *confidence* interval at ``level`` of a parameter or of the mean law at a point;
+- ``se``: bootstrap standard error (standard deviation of the samples);
+- ``pi``: *prediction* interval of a new run's loss: the law's samples plus the fitted runs' residual
+  noise (:mod:`.predict`). A 95% ``pi`` should contain about 95% of new runs; a ``ci`` is much narrower.
 """
 
 from __future__ import annotations
@@ -12,77 +17,104 @@ import numpy as np
 
 from transformer_grow.io import atomic_write_json, atomic_write_text
 from transformer_grow.scaling.analysis import ScalingAnalysis
+from transformer_grow.scaling.bootstrap import interval
 from transformer_grow.scaling.chinchilla import PARAM_NAMES
+from transformer_grow.scaling.predict import prediction_interval, safe_log, standard_error
+from transformer_grow.scaling.report_text import fit_markdown, short_summary
 
 COMPUTE_OPTIMAL_FORMULA = (
     "C = 6 N D; G = (alpha A / (beta B))^(1/(alpha+beta)); N_opt = G (C/6)^a; D_opt = (C/6)^b / G; "
     "a = beta/(alpha+beta); b = alpha/(alpha+beta) (Hoffmann et al. 2022, Approach 3)"
 )
+__all__ = ["fit_markdown", "fit_summary", "short_summary", "write_report"]
 
 
-def _ci(analysis: ScalingAnalysis, samples) -> list[float] | None:
-    boot = analysis.bootstrap
-    return None if boot is None or samples is None else boot.interval(samples)
+class _Uncertainty:
+    """Intervals and standard errors of one analysis (all None without a bootstrap)."""
+
+    def __init__(self, analysis: ScalingAnalysis) -> None:
+        self.boot = analysis.bootstrap
+        self.level = analysis.options.level
+        self.seed = analysis.options.seed
+
+    def ci(self, samples) -> list[float] | None:
+        return None if self.boot is None or samples is None else interval(samples, self.level)
+
+    def se(self, samples) -> float | None:
+        return None if self.boot is None or samples is None else standard_error(samples)
+
+    def pi(self, mean_samples, fit) -> list[float] | None:
+        """Prediction interval of a new run given the law's samples at one point and the fit's residuals."""
+        if self.boot is None or mean_samples is None:
+            return None
+        lo, hi = prediction_interval(safe_log(mean_samples)[:, None], fit.log_residuals, fit.n_free, self.level,
+                                     self.seed)
+        return None if not np.isfinite(lo[0]) else [float(lo[0]), float(hi[0])]
 
 
-def _compute_optimal(analysis: ScalingAnalysis) -> dict[str, Any]:
-    params = analysis.chinchilla.params
-    samples = analysis.bootstrap.chinchilla if analysis.bootstrap else None
-    table = []
+def _approach3_row(analysis: ScalingAnalysis, u: _Uncertainty, flops: float) -> dict[str, Any]:
+    fit = analysis.chinchilla
+    params, samples = fit.params, (u.boot.chinchilla if u.boot else None)
+    n_opt, d_opt = params.compute_optimal(flops)
+    row = {"C": flops, "N_opt": float(n_opt), "D_opt": float(d_opt), "tokens_per_param": float(d_opt / n_opt),
+           "loss": float(params.optimal_loss(flops)), "ci": {}, "se": {}, "pi": None}
+    if samples is not None:
+        s_n, s_d = samples.compute_optimal(flops)
+        s_loss = samples.optimal_loss(flops)
+        for name, s in (("N_opt", s_n), ("D_opt", s_d), ("tokens_per_param", s_d / s_n), ("loss", s_loss)):
+            row["ci"][name], row["se"][name] = u.ci(s), u.se(s)
+        row["pi"] = u.pi(s_loss, fit)
+    return row
+
+
+def _approach2_row(analysis: ScalingAnalysis, u: _Uncertainty, flops: float) -> dict[str, Any] | None:
+    iso = analysis.isoflop
+    if iso is None or iso.a is None:
+        return None
+    n_opt, d_opt = float(iso.n_opt(flops)), float(iso.d_opt(flops))
+    row = {"C": flops, "N_opt": n_opt, "D_opt": d_opt, "tokens_per_param": d_opt / n_opt, "ci": {}, "se": {},
+           "extrapolated": bool(flops > max(p.flops for p in iso.profiles) * 1.5)}
+    samples = u.boot.isoflop if u.boot else None
+    if samples is not None:
+        s_n = samples["k_n"] * np.power(flops, samples["a"])
+        s_d = samples["k_d"] * np.power(flops, samples["b"])
+        for name, s in (("N_opt", s_n), ("D_opt", s_d), ("tokens_per_param", s_d / s_n)):
+            row["ci"][name], row["se"][name] = u.ci(s), u.se(s)
+    return row
+
+
+def _loss_c_row(analysis: ScalingAnalysis, u: _Uncertainty, flops: float) -> dict[str, Any] | None:
+    law = analysis.single.get("C")
+    if law is None:
+        return None
+    samples = u.boot.single.get("C") if u.boot else None
+    s_loss = samples.loss(flops) if samples is not None else None
+    return {"C": flops, "loss": float(law.params.loss(flops)), "ci": u.ci(s_loss), "se": u.se(s_loss),
+            "pi": u.pi(s_loss, law) if s_loss is not None else None}
+
+
+def _compute_optimal(analysis: ScalingAnalysis, u: _Uncertainty) -> dict[str, Any]:
+    """Compute-optimal allocation at each reported budget: Approach 3, Approach 2 and the L(C) law."""
+    result: dict[str, Any] = {"formula": COMPUTE_OPTIMAL_FORMULA, "at": []}
+    if analysis.chinchilla is not None:
+        params = analysis.chinchilla.params
+        samples = u.boot.chinchilla if u.boot else None
+        result.update({name: float(getattr(params, name)) for name in ("a", "b", "G")})
+        result["ci"] = {name: u.ci(getattr(samples, name) if samples else None) for name in ("a", "b", "G")}
+        result["se"] = {name: u.se(getattr(samples, name) if samples else None) for name in ("a", "b", "G")}
     for flops in analysis.report_flops:
-        n_opt, d_opt = params.compute_optimal(flops)
-        row = {
-            "C": flops,
-            "N_opt": float(n_opt),
-            "D_opt": float(d_opt),
-            "tokens_per_param": float(d_opt / n_opt),
-            "loss": float(params.optimal_loss(flops)),
-            "ci": {},
-        }
-        if samples is not None:
-            s_n, s_d = samples.compute_optimal(flops)
-            row["ci"] = {
-                "N_opt": _ci(analysis, s_n),
-                "D_opt": _ci(analysis, s_d),
-                "tokens_per_param": _ci(analysis, s_d / s_n),
-                "loss": _ci(analysis, samples.optimal_loss(flops)),
-            }
-        table.append(row)
-    return {
-        "a": float(params.a),
-        "b": float(params.b),
-        "G": float(params.G),
-        "ci": {name: _ci(analysis, getattr(samples, name) if samples else None) for name in ("a", "b", "G")},
-        "formula": COMPUTE_OPTIMAL_FORMULA,
-        "at": table,
-    }
+        row = _approach3_row(analysis, u, flops) if analysis.chinchilla is not None else {"C": flops}
+        row["approach2"] = _approach2_row(analysis, u, flops)
+        row["loss_c_law"] = _loss_c_row(analysis, u, flops)
+        result["at"].append(row)
+    return result
 
 
-def fit_summary(analysis: ScalingAnalysis) -> dict[str, Any]:
-    """The content of ``fit.json``."""
-    data, fit, boot = analysis.data, analysis.chinchilla, analysis.bootstrap
-    search = fit.search
-    samples = boot.chinchilla if boot else None
-    chinchilla = fit.params.as_dict()
-    chinchilla["objective"] = search.objective
-    chinchilla["ci"] = {
-        name: _ci(analysis, getattr(samples, name) if samples else None) for name in PARAM_NAMES
-    }
-
-    predictions = []
-    for n_params, tokens in analysis.options.predict_points:
-        predictions.append(
-            {
-                "N": n_params,
-                "D": tokens,
-                "loss": float(fit.params.loss(n_params, tokens)),
-                "ci": _ci(analysis, samples.loss(n_params, tokens) if samples else None),
-            }
-        )
-
+def _single_variable(analysis: ScalingAnalysis, u: _Uncertainty) -> dict[str, Any]:
+    data = analysis.data
     single: dict[str, Any] = {"skipped": dict(analysis.single_skipped)}
     for variable, law in analysis.single.items():
-        law_samples = boot.single.get(variable) if boot else None
+        law_samples = u.boot.single.get(variable) if u.boot else None
         entry = law.params.as_dict()
         entry.update(
             n_points=int(law.x.size),
@@ -90,10 +122,8 @@ def fit_summary(analysis: ScalingAnalysis) -> dict[str, Any]:
             objective=law.search.objective,
             starts_run=law.search.starts_run,
             starts_at_best=law.search.starts_at_best,
-            ci={
-                k: _ci(analysis, getattr(law_samples, k) if law_samples else None)
-                for k in ("E", "A", "alpha")
-            },
+            ci={k: u.ci(getattr(law_samples, k) if law_samples else None) for k in ("E", "A", "alpha")},
+            se={k: u.se(getattr(law_samples, k) if law_samples else None) for k in ("E", "A", "alpha")},
         )
         if variable != "C" and law.x.size == len(data):
             other = data.tokens if variable == "N" else data.n_params
@@ -103,228 +133,92 @@ def fit_summary(analysis: ScalingAnalysis) -> dict[str, Any]:
                     f"{'D' if variable == 'N' else 'N'}; prefer L(N, D)"
                 )
         single[variable] = entry
+    return single
 
+
+def _isoflop(analysis: ScalingAnalysis, u: _Uncertainty) -> dict[str, Any] | None:
     iso = analysis.isoflop
-    isoflop = {
+    if iso is None:
+        return None
+    samples = u.boot.isoflop if u.boot else None
+    return {
         "rtol": analysis.options.isoflop_rtol,
         "budgets": [
-            {
-                "C": p.flops,
-                "n_runs": int(p.indices.size),
-                "N_opt": p.n_opt,
-                "D_opt": p.d_opt,
-                "loss_opt": p.loss_opt,
-                "extrapolated": p.extrapolated,
-                "parabola_ln_N": list(p.coeffs),
-            }
+            {"C": p.flops, "n_runs": int(p.indices.size), "N_opt": p.n_opt, "D_opt": p.d_opt,
+             "loss_opt": p.loss_opt, "extrapolated": p.extrapolated, "parabola_ln_N": list(p.coeffs)}
             for p in iso.profiles
         ],
         "skipped": iso.skipped,
-        "a": iso.a,
-        "k_n": iso.k_n,
-        "b": iso.b,
-        "k_d": iso.k_d,
-        "ci": {
-            "a": _ci(analysis, boot.isoflop_a if boot else None),
-            "b": _ci(analysis, boot.isoflop_b if boot else None),
-        },
-    }
+        "a": iso.a, "k_n": iso.k_n, "b": iso.b, "k_d": iso.k_d,
+        "ci": {k: u.ci(samples[k] if samples else None) for k in ("a", "b")},
+        "se": {k: u.se(samples[k] if samples else None) for k in ("a", "b")},
+    }  # fmt: skip
 
+
+def _chinchilla(analysis: ScalingAnalysis, u: _Uncertainty) -> dict[str, Any]:
+    fit = analysis.chinchilla
+    samples = u.boot.chinchilla if u.boot else None
+    entry: dict[str, Any] = fit.params.as_dict()
+    entry["objective"] = fit.search.objective
+    entry["ci"] = {name: u.ci(getattr(samples, name) if samples else None) for name in PARAM_NAMES}
+    entry["se"] = {name: u.se(getattr(samples, name) if samples else None) for name in PARAM_NAMES}
+    if fit.config.objective == "huber-mle":
+        entry["noise_scale"] = float(np.exp(fit.search.theta[-1]))
+    residuals = fit.log_residuals
+    entry["residual_scale"] = float(1.4826 * np.median(np.abs(residuals - np.median(residuals))))
+    return entry
+
+
+def fit_summary(analysis: ScalingAnalysis) -> dict[str, Any]:
+    """The content of ``fit.json``."""
+    data, fit, boot = analysis.data, analysis.chinchilla, analysis.bootstrap
+    u = _Uncertainty(analysis)
+    predictions = []
+    if fit is not None:
+        samples = boot.chinchilla if boot else None
+        for n_params, tokens in analysis.options.predict_points:
+            s_loss = samples.loss(n_params, tokens) if samples is not None else None
+            predictions.append({"N": n_params, "D": tokens, "loss": float(fit.params.loss(n_params, tokens)),
+                                "ci": u.ci(s_loss), "se": u.se(s_loss),
+                                "pi": u.pi(s_loss, fit) if s_loss is not None else None})
+    search = fit.search if fit is not None else None
     bootstrap = None
     if boot is not None:
         bootstrap = {
-            "resamples": boot.n_resamples,
-            "level": boot.level,
-            "seed": boot.seed,
-            "failed": boot.n_failed,
-            "seconds": boot.seconds,
+            "resamples": boot.n_resamples, "level": boot.level, "seed": boot.seed, "failed": boot.n_failed,
+            "seconds": boot.seconds, "seconds_by_fit": boot.seconds_by_fit,
             "seconds_per_resample": boot.seconds_per_resample,
-            "method": "percentile intervals; resamples of runs with replacement, each refitted by batched "
-            "L-BFGS from the best distinct optima of the full fit",
-        }
+            "method": "percentile intervals (ci) and standard errors (se) from resamples of runs with replacement, "
+            "each refitted by batched L-BFGS from the best distinct optima of the full fit; prediction intervals "
+            "(pi) add the fit's residuals, resampled",
+        }  # fmt: skip
     return {
         "source": data.source,
         "columns": data.columns,
         "n_points": len(data),
         "dropped": data.dropped,
-        "huber_delta": fit.config.huber_delta,
-        "starts_run": search.starts_run,
-        "starts_at_best": search.starts_at_best,
-        "starts_converged": search.starts_converged,
-        "best_rtol": search.best_rtol,
-        "fit_seconds": search.seconds,
+        "filters": list(data.filters),
+        "fits": list(analysis.options.fits or ("all",)),
+        "notes": list(analysis.notes),
+        "objective": analysis.options.chinchilla.objective,
+        "huber_delta": analysis.options.chinchilla.huber_delta,
+        "grid_starts": search.grid_starts if search else None,
+        "projected": search.projected if search else None,
+        "starts_run": search.starts_run if search else None,
+        "starts_at_best": search.starts_at_best if search else None,
+        "starts_converged": search.starts_converged if search else None,
+        "best_rtol": search.best_rtol if search else None,
+        "fit_seconds": search.seconds if search else None,
         "level": analysis.options.level,
-        "chinchilla": chinchilla,
-        "compute_optimal": _compute_optimal(analysis),
+        "chinchilla": _chinchilla(analysis, u) if fit is not None else None,
+        "compute_optimal": _compute_optimal(analysis, u),
         "predictions": predictions,
         "loo": analysis.loo.as_dict() if analysis.loo else None,
         "bootstrap": bootstrap,
-        "single_variable": single,
-        "isoflop": isoflop,
+        "single_variable": _single_variable(analysis, u),
+        "isoflop": _isoflop(analysis, u),
         "seconds": analysis.seconds,
     }
-
-
-def _g(value: Any) -> str:
-    return "-" if value is None else f"{value:.4g}"
-
-
-def _range(ci: list[float] | None) -> str:
-    return "-" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
-
-
-def fit_markdown(summary: dict[str, Any], plots: list[str]) -> str:
-    """``fit.md``: the summary as tables."""
-    chin, opt, level = summary["chinchilla"], summary["compute_optimal"], summary["level"]
-    lines = [
-        "# Scaling-law fit",
-        "",
-        f"Data: `{summary['source']}`, {summary['n_points']} runs (columns: "
-        + ", ".join(f"{k} = `{v}`" for k, v in summary["columns"].items())
-        + ")."
-        + (f" {len(summary['dropped'])} invalid runs left out." if summary["dropped"] else ""),
-        "",
-        "## L(N, D) = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, Approach 3)",
-        "",
-        (
-            f"Huber delta {summary['huber_delta']:g} on log-loss residuals; {summary['starts_at_best']} of "
-            f"{summary['starts_run']} L-BFGS starts reached the best objective (within a relative "
-            f"{summary['best_rtol']:g}); fit took {summary['fit_seconds']:.2f} s."
-        ),
-        "",
-        f"| parameter | value | {level:.0%} interval |",
-        "| --- | --- | --- |",
-    ]
-    lines += [f"| {name} | {chin[name]:.4g} | {_range(chin['ci'][name])} |" for name in PARAM_NAMES]
-    lines += [
-        "",
-        "## Compute-optimal allocation",
-        "",
-        f"`{opt['formula']}`",
-        "",
-        f"a = {opt['a']:.3f} {_range(opt['ci']['a'])}, b = {opt['b']:.3f} {_range(opt['ci']['b'])}",
-        "",
-        "| C (FLOPs) | N_opt | D_opt | tokens / parameter | loss |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for row in opt["at"]:
-        ci = row["ci"]
-        lines.append(
-            f"| {row['C']:.3g} | {row['N_opt']:.3g} {_range(ci.get('N_opt'))} | {row['D_opt']:.3g} "
-            f"{_range(ci.get('D_opt'))} | {row['tokens_per_param']:.3g} {_range(ci.get('tokens_per_param'))} | "
-            f"{row['loss']:.4g} {_range(ci.get('loss'))} |"
-        )
-    if summary["predictions"]:
-        lines += ["", "## Predictions", "", "| N | D | loss | interval |", "| --- | --- | --- | --- |"]
-        lines += [
-            f"| {p['N']:.3g} | {p['D']:.3g} | {p['loss']:.4g} | {_range(p['ci'])} |"
-            for p in summary["predictions"]
-        ]
-    loo = summary["loo"]
-    if loo:
-        lines += [
-            "",
-            "## Leave-one-out",
-            "",
-            (
-                f"RMSE of log-loss {loo['rmse_log_loss']:.4f}; relative error mean {loo['mean_rel_error']:.2%}, "
-                f"max {loo['max_rel_error']:.2%} (run `{loo['worst_run']}`)."
-            ),
-        ]
-    lines += ["", "## Single-variable laws L(x) = E + A / x^alpha", "", "| x | points | E | A | alpha |"]
-    lines += ["| --- | --- | --- | --- | --- |"]
-    notes: list[str] = []
-    for variable in ("N", "D", "C"):
-        law = summary["single_variable"].get(variable)
-        if law is None:
-            reason = summary["single_variable"]["skipped"].get(variable, "")
-            lines.append(f"| {variable} | skipped: {reason} | - | - | - |")
-            continue
-        ci = law["ci"]
-        if law.get("note"):
-            notes.append(f"- L({variable}): {law['note']}.")
-        lines.append(
-            f"| {variable} | {law['n_points']} ({law['points']}) | {law['E']:.4g} {_range(ci['E'])} | "
-            f"{law['A']:.4g} {_range(ci['A'])} | {law['alpha']:.4g} {_range(ci['alpha'])} |"
-        )
-    if notes:
-        lines += [""] + notes
-    iso = summary["isoflop"]
-    lines += ["", "## IsoFLOP profiles (Approach 2)", ""]
-    if iso["budgets"]:
-        lines += [
-            "| C | runs | N_opt | D_opt | loss at N_opt | vertex outside the runs |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {b['C']:.3g} | {b['n_runs']} | {b['N_opt']:.3g} | {b['D_opt']:.3g} | {b['loss_opt']:.4g} | "
-            f"{'yes' if b['extrapolated'] else 'no'} |"
-            for b in iso["budgets"]
-        ]
-    else:
-        lines.append("No budget has enough distinct model sizes (3 needed).")
-    if iso["a"] is not None:
-        lines += [
-            "",
-            (
-                f"N_opt proportional to C^{iso['a']:.3f} {_range(iso['ci']['a'])}, "
-                f"D_opt proportional to C^{iso['b']:.3f} {_range(iso['ci']['b'])}."
-            ),
-        ]
-    boot = summary["bootstrap"]
-    lines += ["", "## Uncertainty", ""]
-    if boot:
-        lines.append(
-            f"{boot['resamples']} bootstrap resamples (seed {boot['seed']}, {boot['failed']} failed), "
-            f"{boot['seconds']:.2f} s in all, {boot['seconds_per_resample'] * 1e3:.2f} ms per Chinchilla refit; "
-            f"{boot['method']}."
-        )
-    else:
-        lines.append("Bootstrap off: no intervals.")
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
-    return "\n".join(lines) + "\n"
-
-
-def short_summary(summary: dict[str, Any]) -> str:
-    """A few lines for stdout."""
-    chin, opt = summary["chinchilla"], summary["compute_optimal"]
-    ci = chin["ci"]
-    params = ", ".join(f"{name}={chin[name]:.4g} {_range(ci[name])}" for name in PARAM_NAMES)
-    lines = [
-        f"{summary['n_points']} runs from {summary['source']}",
-        f"L(N,D) = E + A/N^alpha + B/D^beta: {params}",
-        (
-            f"  {summary['starts_at_best']}/{summary['starts_run']} starts reached the best objective; "
-            f"fit {summary['fit_seconds']:.2f} s"
-        ),
-        f"compute-optimal: N_opt ~ C^{opt['a']:.3f}, D_opt ~ C^{opt['b']:.3f}",
-    ]
-    for row in opt["at"]:
-        lines.append(
-            f"  C={row['C']:.3g}: N_opt={row['N_opt']:.3g}, D_opt={row['D_opt']:.3g} "
-            f"({row['tokens_per_param']:.3g} tokens/param), loss {row['loss']:.4g} {_range(row['ci'].get('loss'))}"
-        )
-    for p in summary["predictions"]:
-        lines.append(f"  L(N={p['N']:.3g}, D={p['D']:.3g}) = {p['loss']:.4g} {_range(p['ci'])}")
-    if summary["loo"]:
-        loo = summary["loo"]
-        lines.append(
-            f"leave-one-out: rmse(log L) {loo['rmse_log_loss']:.4f}, mean rel err {loo['mean_rel_error']:.2%}, "
-            f"max {loo['max_rel_error']:.2%}"
-        )
-    iso = summary["isoflop"]
-    if iso["a"] is not None:
-        lines.append(
-            f"IsoFLOP ({len(iso['budgets'])} budgets): N_opt ~ C^{iso['a']:.3f}, D_opt ~ C^{iso['b']:.3f}"
-        )
-    if summary["bootstrap"]:
-        boot = summary["bootstrap"]
-        lines.append(
-            f"bootstrap: {boot['resamples']} resamples, {boot['seconds_per_resample'] * 1e3:.2f} ms per refit "
-            f"({boot['level']:.0%} percentile intervals)"
-        )
-    return "\n".join(lines)
 
 
 def write_report(analysis: ScalingAnalysis, out_dir: str | Path, *, plots: bool = True) -> dict[str, Any]:
@@ -337,17 +231,17 @@ def write_report(analysis: ScalingAnalysis, out_dir: str | Path, *, plots: bool 
 
         plot_names = [path.name for path in write_plots(analysis, out_dir)]
     summary["plots"] = plot_names
-    atomic_write_json(out_dir / "fit.json", _finite(summary))
+    atomic_write_json(out_dir / "fit.json", finite(summary))
     atomic_write_text(out_dir / "fit.md", fit_markdown(summary, plot_names))
     return summary
 
 
-def _finite(obj: Any) -> Any:
+def finite(obj: Any) -> Any:
     """Replace NaN / infinity by None so ``fit.json`` is strict JSON."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         return float(obj) if np.isfinite(obj) else None
     if isinstance(obj, np.integer):

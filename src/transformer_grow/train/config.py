@@ -20,6 +20,13 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "bf16")
 
 
+# Upper bounds: far beyond any run of this library, low enough that a mistyped value (1e11 sequences
+# per batch) is refused here rather than in an allocation, and that counts stay within int64.
+MAX_COUNTS = {"batch_size": 1 << 24, "grad_accum": 1 << 24, "eval_windows": 1 << 20, "eval_batch_size": 1 << 24,
+              "max_steps": 10**12, "max_tokens": 10**18, "warmup_steps": 10**12, "eval_interval": 10**12,
+              "log_interval": 10**12, "ckpt_interval": 10**12, "seed": 2**63 - 1}
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -51,6 +58,33 @@ class TrainConfig:
     ``device``: ``"auto"`` picks CUDA, then MPS, then CPU. ``dtype``: ``"auto"`` is bf16 autocast on
     CUDA GPUs that support it and fp32 elsewhere; ``"bf16"`` forces bf16 autocast (also on CPU, opt-in);
     ``"fp32"`` disables autocast. Parameters and optimizer state are always fp32; evaluation is fp32.
+
+    Attributes:
+        batch_size: global batch: sequences per optimizer step.
+        grad_accum: micro-batches per step (must divide ``batch_size``).
+        max_steps: stop after this many optimizer steps.
+        max_tokens: stop after this many training tokens (e.g. 10M); with ``max_steps``, whichever
+            comes first.
+        lr: peak learning rate.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        warmup_steps: linear warmup steps.
+        schedule: learning-rate schedule: ``cosine``, ``wsd`` (warmup-stable-decay) or ``constant``.
+        decay_frac: ``wsd``: fraction of the steps spent decaying.
+        weight_decay: AdamW weight decay (on matrices and embeddings only).
+        beta1: AdamW beta1.
+        beta2: AdamW beta2.
+        grad_clip: clip the global gradient norm to this (0: no clipping).
+        eval_interval: evaluate every N steps (0: only at the end).
+        eval_windows: number of fixed validation windows.
+        eval_batch_size: windows per evaluation batch; default the micro-batch size.
+        log_interval: write a metrics record every N steps.
+        ckpt_interval: checkpoint every N steps (0: only at the end).
+        tensorboard: also log to TensorBoard in the run directory's ``tensorboard/`` (needs the
+            ``tensorboard`` package).
+        seed: seed of the model initialisation and the data order.
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
+        dtype: ``auto`` (bf16 autocast on CUDA, else fp32), ``fp32`` or ``bf16`` (bf16 on CPU is opt-in).
+        compile: ``torch.compile`` the model.
     """
 
     # Budget and batch.
@@ -106,6 +140,10 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_interval", "ckpt_interval", "seed"):
             value = getattr(self, name)
             require(_is_int(value) and value >= 0, f"{name}={value!r} is not allowed; it must be an integer >= 0")
+        for name, most in MAX_COUNTS.items():
+            value = getattr(self, name)
+            require(not _is_int(value) or value <= most,
+                    f"{name}={value!r} is not allowed; it must be at most {most:,}")
         require(self.batch_size % self.grad_accum == 0,
                 f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}; "
                 "choose grad_accum dividing batch_size")

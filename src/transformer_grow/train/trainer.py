@@ -8,18 +8,26 @@ Exact resume: batches are a pure function of ``(seed, step)`` (``data.batch``), 
 pure function of the step (:mod:`~transformer_grow.train.schedule`), and checkpoints hold the model,
 the AdamW state and torch's RNG states, so a resumed run reproduces the uninterrupted one.
 
-Growth: :meth:`Trainer.replace_model` swaps in a grown model with optimizer state mapped by
-parameter name and an optional LR re-warmup; counters (step, tokens, FLOPs, time) continue, and
-FLOPs accumulate with each model's own ``flops_per_token``.
+Growth: :meth:`Trainer.unwrap` hands out the plain model and its AdamW state by name, and
+:meth:`Trainer.replace_model` swaps in a grown model with optimizer state mapped by parameter name
+and an optional LR re-warmup; counters (step, tokens, FLOPs, time) continue, and FLOPs accumulate
+with each model's own ``flops_per_token``. A driver such as the growth manager uses only public
+methods: :meth:`set_schedule`, :meth:`timed`, :meth:`driver_state` / :meth:`set_driver_state`.
+
+Processes: the trainer has one code path; ``parallel`` (a
+:class:`~transformer_grow.distributed.parallel.Parallel`, default one process, or a
+:class:`~transformer_grow.distributed.parallel.DataParallel` under torchrun) wraps the model, slices
+the batch, averages the loss over ranks and gathers checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +35,11 @@ from typing import Any
 import torch
 
 from transformer_grow.data import DataConfig
-from transformer_grow.device import (
-    autocast,
-    capture_rng_state,
-    resolve_autocast_dtype,
-    resolve_device,
-    restore_rng_state,
-)
+from transformer_grow.device import autocast, capture_rng_state, resolve_autocast_dtype, restore_rng_state
+from transformer_grow.distributed.parallel import Parallel
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.model import GPT, ModelConfig
-from transformer_grow.optim_state import load_optimizer_state_by_name, optimizer_state_by_name
+from transformer_grow.optim_state import StateByName
 from transformer_grow.train.checkpoint import (
     CHECKPOINT_DIRNAME,
     Checkpoint,
@@ -48,7 +51,7 @@ from transformer_grow.train.checkpoint import (
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.evaluate import evaluate_windows
 from transformer_grow.train.metrics import METRICS_FILENAME, MetricsLog, ProgressBar, truncate_metrics
-from transformer_grow.train.optim import build_optimizer
+from transformer_grow.train.optim import LRMultipliers, adamw_step, build_optimizer
 from transformer_grow.train.schedule import LRSchedule, Rewarmup, lr_at
 
 
@@ -89,17 +92,21 @@ class Trainer:
         model: an existing model to train instead of a fresh one.
         data_config: recorded in checkpoints so ``tgrow eval/sample`` and resume can rebuild the data.
         progress: show a tqdm bar (loss, tokens/s, ETA) on stderr.
+        parallel: how the model is spread over processes (default: one process). With a
+            :class:`~transformer_grow.distributed.parallel.DataParallel`, ``data`` is the full data
+            (each rank takes its slice), ``batch_size`` is the global batch, and only rank 0 writes
+            metrics, progress and checkpoints; every rank keeps the same counters and history.
     """
 
     def __init__(self, model_config: ModelConfig | None, train_config: TrainConfig, data: Any,
                  out_dir: str | os.PathLike | None = None, model: GPT | None = None,
-                 data_config: DataConfig | None = None, progress: bool = False):
+                 data_config: DataConfig | None = None, progress: bool = False, parallel: Parallel | None = None):
         train_config.validate()
-        self.config = train_config
-        self.data = data
+        self.parallel = parallel or Parallel()
+        self.config, self.device = self.parallel.configure(train_config)
+        self.data = self.parallel.local_data(data)
         self.data_config = data_config
-        self.device = resolve_device(train_config.device)
-        self.autocast_dtype = resolve_autocast_dtype(train_config.dtype, self.device)
+        self.autocast_dtype = resolve_autocast_dtype(self.config.dtype, self.device)
         if model is None:
             require(model_config is not None, "Trainer needs a model_config or a model")
             torch.manual_seed(train_config.seed)
@@ -111,14 +118,17 @@ class Trainer:
         self.flops = 0
         self.wall_seconds = 0.0
         self.rewarmup: Rewarmup | None = None
+        self.lr_multipliers: LRMultipliers | None = None  # set by replace_model after dynamics-preserving growth
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
-        self.extra_state: dict[str, Any] = {}  # JSON-able state of drivers (e.g. a growth plan), checkpointed
+        self._driver_state: dict[str, Any] = {}  # JSON-able state of drivers (e.g. a growth plan), checkpointed
         self.schedule = LRSchedule.from_config(train_config, train_config.total_steps(model.config.seq_len))
         self._install_model(model)
-        self._metrics = MetricsLog(self.out_dir, tensorboard=train_config.tensorboard)
+        # Only the main process writes metrics files and a progress bar; every process keeps the records.
+        main = self.parallel.is_main
+        self._metrics = MetricsLog(self.out_dir if main else None, tensorboard=train_config.tensorboard and main)
         self._val_windows: dict[tuple[int, int], torch.Tensor] = {}
-        self._bar = ProgressBar(progress, total=self.total_steps)
+        self._bar = ProgressBar(progress and main, total=self.total_steps)
         self._evaluated_at: int | None = None
         self._saved_at: int | None = None
         self._reset_window()
@@ -132,9 +142,9 @@ class Trainer:
         self.data.check_seq_len(cfg.seq_len)
 
     def _install_model(self, model: GPT) -> None:
-        self.model = model.to(self.device)
+        """Hand ``model`` to ``parallel`` (moved, wrapped, compiled) and build its optimizer (fresh state)."""
+        self.model, self._forward_model = self.parallel.wrap(model, self.device, compile=self.config.compile)
         self.model.train()
-        self._forward_model = torch.compile(self.model) if self.config.compile else self.model
         self.optimizer = build_optimizer(self.model, self.config, self.device)
         self._flops_per_token = self.model.flops_per_token(self.seq_len)
 
@@ -166,8 +176,13 @@ class Trainer:
         return self._metrics.records
 
     def replace_model(self, new_model: GPT, optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None,
-                      rewarmup_steps: int = 0) -> None:
+                      rewarmup_steps: int = 0, lr_multipliers: dict[str, torch.Tensor] | None = None,
+                      relax: str = "never", batch_size: int | None = None) -> None:
         """Continue training ``new_model`` (e.g. a grown model) from the current step.
+
+        ``new_model`` is plain (under :class:`DataParallel`: identical on every rank; it is wrapped
+        anew). ``batch_size``: the global batch from now on (e.g. a growth stage that keeps the tokens
+        per step at another ``seq_len``); ``None`` keeps it.
 
         ``optimizer_state`` (``{param name: {"exp_avg", "exp_avg_sq", "step"}}``, see
         :func:`~transformer_grow.train.checkpoint.optimizer_state_by_name`) seeds AdamW by name;
@@ -177,11 +192,70 @@ class Trainer:
         """
         require(isinstance(rewarmup_steps, int) and rewarmup_steps >= 0,
                 f"rewarmup_steps={rewarmup_steps!r} is not allowed; it must be an integer >= 0")
+        if batch_size is not None and batch_size != self.config.batch_size:
+            config = self.config.replace(batch_size=batch_size)
+            config.validate()  # e.g. grad_accum must still divide the new batch
+            self.parallel.check_batch(config.batch_size, config.grad_accum)
+            self.config = config
         self._check_model_fits_data(new_model)
         self._install_model(new_model)
         if optimizer_state:
-            load_optimizer_state_by_name(self.model, self.optimizer, optimizer_state)
+            self.parallel.load_optimizer_state(self.model, self.optimizer, optimizer_state)
         self.rewarmup = Rewarmup(self.step, rewarmup_steps) if rewarmup_steps > 0 else None
+        # Per-element multipliers on AdamW's direction (grow.dynamics.lr_multipliers), relaxed to 1 per
+        # ``relax`` ("never", "immediate", "window:N"); checkpointed and restored on resume.
+        self.lr_multipliers = LRMultipliers(lr_multipliers, relax) if lr_multipliers else None
+
+    def unwrap(self) -> tuple[GPT, StateByName]:
+        """The plain full model and its AdamW state by name (every rank), e.g. to grow them.
+
+        Under :class:`DataParallel` the wrapper is released: training refuses to step until
+        :meth:`replace_model` (the grown model) or :meth:`rewrap` (this one, unchanged) installs a
+        model again. In one process the model keeps training as it is.
+        """
+        return self.parallel.unwrap(self.model, self.optimizer)
+
+    def rewrap(self, model: GPT, optimizer_state: StateByName) -> None:
+        """Train on ``model`` and ``optimizer_state`` from :meth:`unwrap`, unchanged (e.g. after a
+        failed growth); the ongoing LR re-warmup and multipliers continue."""
+        if self.parallel.live:  # one process: nothing was released
+            return
+        rewarmup, multipliers = self.rewarmup, self.lr_multipliers
+        self._install_model(model)
+        self.parallel.load_optimizer_state(self.model, self.optimizer, optimizer_state)
+        self.rewarmup, self.lr_multipliers = rewarmup, multipliers
+
+    # ---------------------------------------------------------------- drivers
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and console output (always, in one process; rank 0 else)."""
+        return self.parallel.is_main
+
+    def set_schedule(self, schedule: Any) -> None:
+        """Use ``schedule`` (``schedule(step) -> lr`` with ``total_steps``, e.g. an
+        :class:`~transformer_grow.train.schedule.LRSchedule`) from the next step on."""
+        require(callable(schedule) and isinstance(getattr(schedule, "total_steps", None), int),
+                f"schedule={schedule!r} must be callable as schedule(step) and have an integer total_steps")
+        self.schedule = schedule
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Count the block's wall-clock time as training time (e.g. a growth operation)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall_seconds += time.perf_counter() - start
+
+    def driver_state(self, key: str) -> dict[str, Any] | None:
+        """The JSON-able state a driver stored under ``key`` (restored by :meth:`resume`), or ``None``."""
+        state = self._driver_state.get(key)
+        return None if state is None else dict(state)
+
+    def set_driver_state(self, key: str, state: dict[str, Any]) -> None:
+        """Store a driver's JSON-able ``state`` under ``key``: it goes into every later checkpoint."""
+        require(isinstance(state, dict), f"driver state {key!r} must be a dict, got {type(state).__name__}")
+        self._driver_state[key] = state
 
     # -------------------------------------------------------------- training
     def done(self) -> bool:
@@ -196,12 +270,16 @@ class Trainer:
                 or (cfg.max_tokens is not None and self.tokens + self.tokens_per_step >= cfg.max_tokens))
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """Accumulate gradients of one global batch over ``grad_accum`` micro-batches.
+        """Accumulate gradients of one batch (this process's share of the global batch) over
+        ``grad_accum`` micro-batches.
 
-        Returns ``(cross-entropy, objective)`` means over the batch; the objective adds
-        ``moe_aux_loss_coef * aux_loss`` for mixture-of-experts models.
+        Returns ``(cross-entropy, objective)`` means over the global batch (averaged over ranks:
+        every rank's share is the same size); the objective adds ``moe_aux_loss_coef * aux_loss``
+        for mixture-of-experts models.
         """
+        self.parallel.check(self.model)  # e.g. a wrapped model changed since wrapping
         accum = self.config.grad_accum
+        self.parallel.start_step(accum)
         coef = self.model.config.moe_aux_loss_coef if self.model.config.n_expert else 0.0
         ce_total = torch.zeros((), device=self.device)
         objective_total = torch.zeros((), device=self.device)
@@ -213,7 +291,8 @@ class Trainer:
             (objective / accum).backward()
             ce_total += out.loss.detach().float()
             objective_total += objective.detach().float()
-        return float(ce_total) / accum, float(objective_total) / accum
+        ce, objective = self.parallel.mean_over_ranks([float(ce_total) / accum, float(objective_total) / accum])
+        return ce, objective
 
     def _diverged(self, what: str, value: float, step_number: int) -> TrainingDiverged:
         self.optimizer.zero_grad(set_to_none=True)
@@ -236,10 +315,10 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if not math.isfinite(grad_norm):
             raise self._diverged("gradient norm", grad_norm, it + 1)
-        self.optimizer.step()
+        adamw_step(self.optimizer, self.model, self.lr_multipliers)
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
-        n_tokens = x.numel()
+        n_tokens = x.numel() * self.parallel.world_size  # the global batch: every rank takes an equal share
         self.step += 1
         self.tokens += n_tokens
         self.flops += self._flops_per_token * n_tokens
@@ -340,8 +419,16 @@ class Trainer:
         self._metrics.close()
 
     # ----------------------------------------------------------- checkpoints
-    def checkpoint(self) -> Checkpoint:
-        """A snapshot of the current state as a :class:`Checkpoint` (CPU copies: training on does not change it)."""
+    def checkpoint(self) -> Checkpoint | None:
+        """A snapshot of the current state as a :class:`Checkpoint` (CPU copies: training on does not change it).
+
+        The full state, in the same format for every ``parallel``; under :class:`DataParallel` every
+        rank must call it (FSDP gathers the shards) and ranks other than 0 get ``None``.
+        """
+        gathered = self.parallel.gather_state(self.model, self.optimizer)
+        if gathered is None:
+            return None
+        model_state, optimizer_state = gathered
         data_config = None if self.data_config is None else dataclasses.asdict(self.data_config)
         train_state = {
             "step": self.step, "tokens": self.tokens, "flops": self.flops, "wall_seconds": self.wall_seconds,
@@ -352,34 +439,41 @@ class Trainer:
             "rng": capture_rng_state(),
             "last_train_loss": self.last_train_loss, "last_val_loss": self.last_val_loss,
             "evaluated_at": self._evaluated_at,
-            "extra": self.extra_state,
+            "extra": self._driver_state,
         }
-        optimizer_state = {name: {k: v.cpu() for k, v in entry.items()}  # already copies
-                           for name, entry in optimizer_state_by_name(self.model, self.optimizer).items()}
         return Checkpoint(model_config=self.model.config, block_keys=self.model.block_keys,
-                          model_state={k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
-                          optimizer_state=optimizer_state, train_state=train_state)
+                          model_state=model_state, optimizer_state=optimizer_state, train_state=train_state,
+                          lr_multipliers=None if self.lr_multipliers is None else self.lr_multipliers.copy())
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write a checkpoint to ``path`` (default ``<out_dir>/checkpoint``) atomically; returns its path."""
+        """Write a checkpoint to ``path`` (default ``<out_dir>/checkpoint``) atomically; returns its path.
+
+        Under :class:`DataParallel` every rank calls it (gathering the state), rank 0 writes, and the
+        ranks then meet at a barrier.
+        """
         if path is None:
             if self.out_dir is None:
                 raise ValueError("Trainer.save() needs a path when the trainer has no out_dir")
             path = self.out_dir / CHECKPOINT_DIRNAME
             self._saved_at = self.step
-        save_checkpoint(path, self.checkpoint())
+        checkpoint = self.checkpoint()
+        if checkpoint is not None:
+            save_checkpoint(path, checkpoint)
+        self.parallel.barrier()
         return Path(path)
 
     @classmethod
     def resume(cls, path: str | os.PathLike, data: Any, train_config: TrainConfig | None = None,
                out_dir: str | os.PathLike | None = None, data_config: DataConfig | None = None,
-               progress: bool = False) -> Trainer:
+               progress: bool = False, parallel: Parallel | None = None) -> Trainer:
         """Continue the run checkpointed at ``path`` (a checkpoint or run directory).
 
         ``train_config`` defaults to the checkpointed one (pass a copy with a larger ``max_steps``
         to extend the run). ``out_dir`` defaults to the run directory holding the checkpoint; its
-        metrics past the checkpoint's step (written before a crash) are dropped.
+        metrics past the checkpoint's step (written before a crash) are dropped. ``parallel``: as
+        for the constructor (every rank reads the checkpoint; any checkpoint resumes under any).
         """
+        parallel = parallel or Parallel()
         ckpt_dir = resolve_checkpoint_dir(path)
         ckpt = load_checkpoint(ckpt_dir)
         state = ckpt.train_state
@@ -394,17 +488,18 @@ class Trainer:
             data_config = DataConfig(**state["data_config"])
         if out_dir is None and ckpt_dir.name in (CHECKPOINT_DIRNAME, f".{CHECKPOINT_DIRNAME}.old"):
             out_dir = ckpt_dir.parent
-        if out_dir is not None:
+        if out_dir is not None and parallel.is_main:
             truncate_metrics(Path(out_dir) / METRICS_FILENAME, int(state["step"]))
         trainer = cls(None, train_config, data, out_dir=out_dir, model=model_from_checkpoint(ckpt),
-                      data_config=data_config, progress=progress)
+                      data_config=data_config, progress=progress, parallel=parallel)
         if ckpt.optimizer_state:
-            load_optimizer_state_by_name(trainer.model, trainer.optimizer, ckpt.optimizer_state)
+            parallel.load_optimizer_state(trainer.model, trainer.optimizer, ckpt.optimizer_state)
         trainer.step, trainer.tokens = int(state["step"]), int(state["tokens"])
         trainer.flops, trainer.wall_seconds = int(state["flops"]), float(state["wall_seconds"])
         trainer.rewarmup = Rewarmup.from_dict(state.get("schedule", {}).get("rewarmup"))
+        trainer.lr_multipliers = ckpt.lr_multipliers
         trainer.last_train_loss, trainer.last_val_loss = state.get("last_train_loss"), state.get("last_val_loss")
-        trainer.extra_state = dict(state.get("extra") or {})
+        trainer._driver_state = dict(state.get("extra") or {})
         if out_dir is not None and Path(out_dir) / CHECKPOINT_DIRNAME == ckpt_dir:
             trainer._saved_at = trainer.step
         if state.get("evaluated_at") == trainer.step:

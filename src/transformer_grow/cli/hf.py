@@ -1,0 +1,101 @@
+"""`tgrow hf`: Hugging Face models. `tgrow hf check PATH` prints, per operator, what is exact for it.
+
+    tgrow hf check ./my-llama                       # every operator, measured on a probe
+    tgrow grow --hf ./my-llama --to 1.3B --method stack --out ./my-llama-grown
+    tgrow grow --hf ./gpt2-small --to bigger.yaml --depth insert_zero --out ./gpt2-grown
+
+``check`` grows the model by each operator one small step (one more block, twice the FFN, ...),
+exports the result to the model's family and prints the declared kind and the measured max |dlogits|
+of the source HF model against the grown HF model (fp32), or why the family cannot hold the result.
+``grow --hf`` (:func:`grow_hf_dir`) writes ``save_pretrained`` safetensors and ``growth_record.json``.
+Nothing is downloaded: PATH is a local ``save_pretrained`` directory. An HF directory holds no optimizer
+state; :func:`transformer_grow.hf.grow_hf` (``optimizer_state=``) carries AdamW moments in Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from transformer_grow.errors import require
+from transformer_grow.io import atomic_write_json
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "hf",
+        help="Hugging Face models: check which growth operators are exact for one",
+        description="Work with Hugging Face transformers models (GPT-2, Llama, Mistral, Qwen2, Mixtral, "
+        "Qwen2-MoE). Growing one is `tgrow grow --hf PATH`.",
+    )
+    actions = parser.add_subparsers(dest="hf_command", metavar="ACTION")
+    actions.required = True
+    check = actions.add_parser(
+        "check",
+        help="measure every growth operator on a model: declared kind and max |dlogits|",
+        description="Grow the model by every operator (a small step each), export to its family and print "
+        "the declared kind and the measured max |dlogits| (HF source vs grown HF model, fp32).",
+    )
+    check.add_argument("path", metavar="PATH", help="a local Hugging Face model directory (save_pretrained)")
+    check.add_argument("--seq-len", type=int, default=None, metavar="N",
+                       help="RoPE models: the probe length (default max_position_embeddings, at most 2048)")
+    check.add_argument("--seed", type=int, default=0, help="seed of fresh initialisation and noise")
+    check.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
+    check.set_defaults(func=run_check)
+    return parser
+
+
+def run_check(args: argparse.Namespace) -> int:
+    require(args.seq_len is None or args.seq_len > 0, f"--seq-len={args.seq_len} must be a positive integer")
+    from transformer_grow.hf.check import check_operators
+    from transformer_grow.hf.convert import load_hf
+
+    model = load_hf(args.path)
+    checks = check_operators(model, seq_len=args.seq_len, seed=args.seed)
+    print(f"{type(model).__name__} at {args.path}: operator, declared kind, measured HF -> HF preservation")
+    for check in checks:
+        print("  " + check.line())
+    if args.json:
+        atomic_write_json(args.json, {"path": str(args.path), "model": type(model).__name__,
+                                      "operators": [vars(c) for c in checks]})
+    return 0
+
+
+def grow_hf_dir(args: argparse.Namespace) -> int:
+    """`tgrow grow --hf PATH --to ... --out DIR`: the arguments of `tgrow grow` (cli/grow.py)."""
+    from transformer_grow.cli.grow import _index_list, resolve_target
+    from transformer_grow.hf.convert import config_from_hf, load_hf
+    from transformer_grow.hf.grow import RECORD_FILE, grow_hf, save_grown
+    from transformer_grow.hf.target import is_size, target_for_size
+
+    out = Path(args.out)
+    require(not out.exists() or not any(out.iterdir()), f"--out {args.out!r} is not empty; choose another directory")
+    require(args.hf_seq_len is None or args.hf_seq_len > 0, f"--hf-seq-len={args.hf_seq_len} must be positive")
+    model = load_hf(args.hf)
+    source = config_from_hf(model, args.hf_seq_len)
+    target = target_for_size(source, args.to) if is_size(args.to) else resolve_target(args.to, source)
+    options = {
+        k: v
+        for k, v in {
+            "layer_sources": _index_list(args.layer_sources, "--layer-sources"),
+            "insert_positions": _index_list(args.insert_positions, "--insert-positions"),
+            "block_init": args.block_init,
+            "router_init": args.router_init,
+            "expert_init": args.expert_init,
+            "rescale_eps": args.rescale_eps,
+        }.items()
+        if v is not None
+    }
+    choices = {dim: getattr(args, dim) for dim in ("depth", "width", "heads", "ffn", "seq", "experts")}
+    growth = grow_hf(model, target, args.method, seq_len=args.hf_seq_len, noise=args.noise,
+                     noise_std=args.noise_std, seed=args.seed, source=str(args.hf), **choices, **options)
+    record = save_grown(growth, out)
+    p = record["preservation"]
+    print(growth.result.report.summary())
+    for step in growth.result.report.steps:
+        print(f"  - {step.method} ({step.kind})" + "".join(f"; {n}" for n in step.notes))
+    print(f"{record['source_class']} -> {record['grown_class']}: {p['kind']}; HF max|dlogits|="
+          f"{p['max_abs_dlogits']:.3g} dloss={p['dloss']:+.4g} (conversion {p['conversion_max_abs_dlogits']:.2g}, "
+          f"export {p['export_max_abs_dlogits']:.2g}, reload {record['reload_max_abs_dlogits']:.2g})")
+    print(f"wrote {out} (save_pretrained) and {out / RECORD_FILE}")
+    return 0
