@@ -1,7 +1,7 @@
 """Train a micro model under torchrun with DDP or FSDP2, grow it mid-run, and check the ranks agree.
 
-    torchrun --standalone --nproc_per_node 2 tests/dist_demo.py --strategy fsdp
-    torchrun --standalone --nproc_per_node 2 tests/dist_demo.py --strategy ddp --device cuda
+    torchrun --standalone --nproc_per_node 2 tests/dist_demo.py --parallel fsdp
+    torchrun --standalone --nproc_per_node 2 tests/dist_demo.py --parallel ddp --device cuda
 
 Data: the embedded ``stdlib`` corpus with the byte tokenizer (rank 0 fills the token cache first).
 The model is the ``micro`` preset, grown to twice its depth after ``--steps-before`` steps with
@@ -31,7 +31,8 @@ from transformer_grow.train.distributed import STRATEGIES, distributed_session, 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python tests/dist_demo.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strategy", choices=STRATEGIES, default="ddp", help="data-parallel wrapper")
+    parser.add_argument("--parallel", "--strategy", dest="parallel", choices=STRATEGIES, default="ddp",
+                        help="data-parallel wrapper (--strategy: an alias)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="cuda:LOCAL_RANK with NCCL, or the CPU with gloo (auto: CUDA when available)")
     parser.add_argument("--method", default="stack", help="depth growth operator (stack, insert_zero, ...)")
@@ -71,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                                    warmup_steps=max(1, args.steps_before // 4), lr=3e-3, eval_interval=0,
                                    eval_windows=8, log_interval=max(1, args.steps_before // 4), ckpt_interval=0,
                                    device=env.device.type, seed=args.seed)
-        trainer = make_trainer(config, train_config, data, out_dir=args.out, strategy=args.strategy, env=env)
+        trainer = make_trainer(config, train_config, data, out_dir=args.out, strategy=args.parallel, env=env)
         say = print if env.is_main else (lambda *a, **k: None)
-        say(f"{args.strategy} on {env.world_size} ranks ({env.backend}, {env.device.type}): "
+        say(f"{args.parallel} on {env.world_size} ranks ({env.backend}, {env.device.type}): "
             f"{config.n_layer} layers, {trainer.tokens_per_step} tokens per step")
         try:
             loss = trainer.train_steps(args.steps_before)

@@ -220,7 +220,7 @@ def test_train_with_a_plan_grows_and_resumes(root, data_args, capsys):
     (["--plan", "g_stack"], "--out DIR is required with --plan"),
     (["--plan", "g_stack", "--out", "X", "--growth-factor", "3"],
      "depth growth factor 3 must be a positive integer dividing"),
-    (["--plan", "g_stack", "--resume", "X"], "--plan and --resume cannot be combined"),
+    (["--plan", "g_stack", "--resume", "X", "--out", "elsewhere"], "a plan run resumes in its own directory"),
 ])
 def test_bad_plan_runs_are_refused_before_work(extra, message, data_args, tmp_path, capsys):
     argv = ["train", *TINY_MODEL_ARGS, "--n-layer", "2", *FAST_TRAIN_ARGS, *data_args, "--max-steps", "8",

@@ -3,7 +3,7 @@
 import pytest
 
 from transformer_grow.compare.methods import Method, RunSpec, method_plans
-from transformer_grow.compare.regime import CHINCHILLA_PLACEHOLDER, ComputeOptimalLaw, regime, regime_lines
+from transformer_grow.compare.regime import CHINCHILLA_RULE, ComputeOptimalLaw, regime, regime_lines
 from transformer_grow.compare.summary import build_compare_report
 from transformer_grow.errors import ConfigError
 from transformer_grow.growth.accounting import account_plan, flops_per_token
@@ -110,15 +110,15 @@ def test_verdicts_with_seeds_say_when_a_difference_is_within_seed_noise():
 def test_regime_prints_n_opt_and_warns_when_the_target_is_too_large():
     n = 1_000_000
     flops = 120.0 * n ** 2  # Chinchilla rule of thumb: N_opt = sqrt(C / 120), i.e. 20 tokens per parameter
-    assert CHINCHILLA_PLACEHOLDER.n_opt(flops) == pytest.approx(n)
-    assert "PLACEHOLDER" in CHINCHILLA_PLACEHOLDER.source
-    big = regime(CHINCHILLA_PLACEHOLDER, 4 * n, 20 * n, flops)
+    assert CHINCHILLA_RULE.n_opt(flops) == pytest.approx(n)
+    assert "Hoffmann" in CHINCHILLA_RULE.source
+    big = regime(CHINCHILLA_RULE, 4 * n, 20 * n, flops)
     assert big["target_over_n_opt"] == pytest.approx(4.0) and big["too_large"] is True
     assert big["tokens_per_param"] == pytest.approx(5.0)
     lines = regime_lines(big)
     assert "5 tokens per parameter" in lines[0] and "target N / N_opt = 4" in lines[1]
     assert lines[2].startswith("WARNING: the target is 4x larger than compute-optimal")
-    small = regime_lines(regime(CHINCHILLA_PLACEHOLDER, n // 2, 20 * n, flops))
+    small = regime_lines(regime(CHINCHILLA_RULE, n // 2, 20 * n, flops))
     assert not any("WARNING" in line for line in small)
     assert regime_lines(regime(None, n, 20 * n, flops))[-1].startswith("No compute-optimal law")
 

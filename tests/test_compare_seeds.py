@@ -145,7 +145,7 @@ def test_compare_flags_set_seeds_budgets_and_controls():
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["compare", "--seeds", "0,1,2", "--budgets", "0.25,0.5", "--no-controls",
-                              "--budget-tokens", "200k"])
+                              "--budget-tokens", "2M"])
     config = config_from_args(args)
     assert config.seeds == [0, 1, 2] and config.fractions() == [1.0, 0.25, 0.5] and config.controls is False
     assert config_from_args(parser.parse_args(["compare", "--seed", "7"])).seeds == [7]

@@ -43,7 +43,7 @@ SCENARIOS = {"ddp": "stack", "fsdp": "insert_zero"}  # strategy -> depth growth 
 LOSS_RTOL, PARAM_ATOL = 1e-5, 1e-4
 MANAGER_BUDGET_TOKENS = 8 * 8 * 16  # 8 steps of the target: 4 steps of the 2-layer model, then 4-layer steps
 JOB_TIMEOUT_S = 240
-DEMO_ARGS = ["--strategy", "fsdp", "--device", "cpu", "--steps-before", "2", "--steps-after", "2", "--seq-len", "32"]
+DEMO_ARGS = ["--parallel", "fsdp", "--device", "cpu", "--steps-before", "2", "--steps-after", "2", "--seq-len", "32"]
 
 
 def _data() -> TokenData:
@@ -124,7 +124,7 @@ def _manager(out_dir: Path | None, strategy: str | None = None, env=None):
 
     return GrowthManager(_model_config().replace(n_layer=4), "g_stack", budget_tokens=MANAGER_BUDGET_TOKENS,
                          train_config=_train_config(), plan_options=PlanOptions(growth_fraction=0.5), n_evals=2,
-                         eval_windows=4, out_dir=out_dir, log=print, strategy=strategy, env=env)
+                         eval_windows=4, out_dir=out_dir, log=print, parallel=strategy, env=env)
 
 
 def _manager_scenario(env, strategy: str | None, out: Path) -> dict:

@@ -12,8 +12,20 @@ import transformers as T
 from grow_fixtures import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from transformer_grow.errors import ConfigError
-from transformer_grow.hf import from_hf, grow_hf, hf_logits, load_hf, state_from_hf, state_to_hf, to_hf
+from transformer_grow.hf import (
+    FamilyInfo,
+    from_hf,
+    grow_hf,
+    hf_logits,
+    load_hf,
+    state_from_hf,
+    state_to_hf,
+    to_hf,
+)
+from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.optim_state import optimizer_state_by_name
+
+pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # Qwen2-MoE's empty shared expert
 
 VOCAB, SEQ = 128, 32
 _LLAMA = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -35,7 +47,7 @@ FAMILIES = list(CONFIGS)
 TRAIN_STEPS = 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained(name: str):
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(CONFIGS[name]())
@@ -183,3 +195,26 @@ def test_heads_growth_cannot_be_exported_to_gpt2():
     model, _ = trained_hf("gpt2")
     message = _refusal(lambda: grow_hf(model, {"n_head": 8}, heads="zero"))
     assert "GPT-2" in message and "width=clone" in message
+
+
+@pytest.mark.parametrize("family, settings", [
+    ("llama", dict(n_kv_head=2)),
+    ("qwen2", dict(qkv_bias=True, tie_embeddings=False)),
+    ("gpt2", dict(norm="layernorm", pos="learned", mlp="gelu", bias=True)),
+    ("mixtral", dict(n_expert=3, moe_top_k=2)),
+])
+def test_a_gpt_trained_here_exports_exactly(family, settings):
+    torch.manual_seed(0)
+    gpt = GPT(ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=VOCAB, seq_len=SEQ, **settings)).eval()
+    model = to_hf(gpt, FamilyInfo.new(family, gpt.config))
+    x = tokens()
+    with torch.no_grad():
+        assert (hf_logits(model, x) - gpt(x).logits).abs().max() <= 1e-5
+    # and reads back as the same config (HF inits every linear with one std: scale_residual_init is GPT-2's)
+    assert from_hf(model)[0].config.to_dict() == {**gpt.config.to_dict(), "scale_residual_init": family == "gpt2"}
+
+
+def test_an_architecture_the_family_lacks_is_refused():
+    gpt = GPT(ModelConfig(n_layer=1, d_model=32, n_head=4, vocab_size=VOCAB, seq_len=SEQ, norm="layernorm"))
+    assert "norm='rmsnorm'" in _refusal(lambda: to_hf(gpt, FamilyInfo.new("llama", gpt.config)))
+    assert "'bert'" in _refusal(lambda: FamilyInfo.new("bert", gpt.config))

@@ -286,8 +286,8 @@ def test_stage_batches_that_do_not_split_are_refused_before_training():
     three_ranks = DistEnv(0, 3, 0, torch.device("cpu"), "gloo")  # no process group needed: refused first
     refusal = r"^small L=1: batch_size=4 is not divisible by world_size \* grad_accum = 3 \* 1"
     with pytest.raises(ConfigError, match=refusal):
-        GrowthManager(TARGET, "g_stack", budget_tokens=BUDGET, train_config=TRAIN, strategy="ddp", env=three_ranks,
+        GrowthManager(TARGET, "g_stack", budget_tokens=BUDGET, train_config=TRAIN, parallel="ddp", env=three_ranks,
                       plan_options=PlanOptions(growth_fraction=0.5), log=None)
-    with pytest.raises(ConfigError, match="strategy='zero'"):
-        GrowthManager(TARGET, "g_stack", budget_tokens=BUDGET, train_config=TRAIN, strategy="zero",
+    with pytest.raises(ConfigError, match="parallel='zero'"):
+        GrowthManager(TARGET, "g_stack", budget_tokens=BUDGET, train_config=TRAIN, parallel="zero",
                       plan_options=PlanOptions(growth_fraction=0.5), log=None)

@@ -26,8 +26,9 @@ def test_a_budget_that_cannot_be_honoured_is_refused(budget, message, tmp_path, 
 @pytest.mark.filterwarnings("ignore::transformer_grow.growth.timing.GrowthTimingWarning")
 def test_a_plan_that_would_overspend_the_baseline_is_refused():
     config = compare_preset("quick")
-    # 3 steps of 2,048 tokens: g_stack's two stages, each rounded up to whole steps, overspend the baseline
-    config = dataclasses.replace(config, budget_tokens=3 * 2048, n_evals=2)
+    step = config.train.batch_size * config.target.seq_len
+    # 3 steps: g_stack's two stages, each rounded up to whole steps, overspend the baseline
+    config = dataclasses.replace(config, budget_tokens=3 * step, n_evals=2)
     with pytest.raises(ConfigError, match=r"plan 'g_stack' would spend 1\.\d+x the baseline's FLOPs"):
         config.validate()
-    dataclasses.replace(config, budget_tokens=300 * 2048).validate()  # the preset's own scale is fine
+    dataclasses.replace(config, budget_tokens=300 * step).validate()  # the preset's own scale is fine

@@ -4,6 +4,7 @@ optimizer settings (plain and plan runs alike), recorded as an event in the metr
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 
@@ -11,7 +12,7 @@ from reliability_helpers import assert_refused, tgrow, train_args
 
 from transformer_grow.train import read_metrics
 from transformer_grow.train.checkpoint import load_checkpoint
-
+from transformer_grow.train.trainer import Trainer
 
 DIVERGING = ["--lr", "300", "--warmup-steps", "40"]
 
@@ -42,17 +43,28 @@ def test_a_diverged_run_resumes_with_a_lower_learning_rate(tmp_path, capsys, mon
 
 def test_a_diverged_plan_run_resumes_with_a_lower_learning_rate(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    real_step = Trainer._optimizer_step
+
+    def diverge_once_at_step_10(trainer):  # a loss spike at step 10 (as a too-high LR gives), then never again
+        if trainer.step == 9 and not diverged:
+            diverged.append(trainer.step)
+            raise trainer._diverged("loss", math.nan, 10)
+        return real_step(trainer)
+
+    diverged: list[int] = []
+    monkeypatch.setattr(Trainer, "_optimizer_step", diverge_once_at_step_10)
     out = tmp_path / "grown"
-    args = [*train_args(tmp_path, 40), "--plan", "g_stack", "--n-layer", "2", "--growth-fraction", "0.5"]
-    rc, _, err = tgrow(capsys, *args, *DIVERGING, "--out", out)
-    assert rc == 1 and "Traceback" not in err  # progress lines, then the error as the last line
+    args = [*train_args(tmp_path, 36), "--plan", "g_stack", "--n-layer", "2", "--growth-fraction", "0.5"]
+    rc, _, err = tgrow(capsys, *args, "--out", out)
+    assert rc == 1 and diverged and "Traceback" not in err  # progress lines, then the error as the last line
     err = err.strip().splitlines()[-1]
-    assert err.startswith("tgrow train: error: training diverged") and f"--resume {out} --lr 30" in err
+    assert err.startswith("tgrow train: error: training diverged") and f"--resume {out} --lr 0.0003" in err
     before = load_checkpoint(out).train_state["step"]
+    assert 0 < before <= 9
     # without --resume, other settings are still refused (a changed command is not silently a resume)
-    assert_refused(tgrow(capsys, *args, "--lr", "1e-3", "--warmup-steps", "40", "--out", out), "other settings")
+    assert_refused(tgrow(capsys, *args, "--lr", "1e-3", "--out", out), "other settings")
     rc, _, err = tgrow(capsys, *resume_from_message(err, "1e-3"))
     assert rc == 0, err
     events = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "optimizer_settings_changed"]
-    assert events and events[0]["step"] == before and events[0]["changes"]["lr"] == [300.0, 1e-3]
+    assert events and events[0]["step"] == before and events[0]["changes"]["lr"] == [3e-3, 1e-3]
     assert (out / "result.json").exists()

@@ -4,7 +4,6 @@ machine's is refused with the estimate in the message."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -62,4 +61,3 @@ def test_scaling_fit_refuses_a_binary_csv(tmp_path, capsys):
     path = tmp_path / "results.csv"
     path.write_bytes(b"n_params,tokens\n" + bytes(range(128, 256)))
     assert_refused(tgrow(capsys, "scaling", "fit", path), str(path), "is not UTF-8 text (byte offset 16")
-    shutil.rmtree(tmp_path / "cache", ignore_errors=True)

@@ -158,3 +158,25 @@ def test_curve_cli_extrapolates_a_metrics_file(tmp_path, capsys):
     assert (tmp_path / "c" / "curve.png").is_file()
     assert main(["scaling", "curve", str(path), "--schedule", "cosine"]) != 0
     assert "--schedule needs --total-steps" in capsys.readouterr().err
+
+
+def test_degenerate_isoflop_fit_reports_without_runtime_warnings(tmp_path):
+    """Two IsoFLOP budgets whose profiles barely bend give exponents far from 1/2 and bootstrap
+    resamples that saturate; the report and plots must stay finite and warning-free."""
+    import warnings
+
+    from transformer_grow.cli.main import main
+
+    rows = [(55536, 4157440, 2e12, 1.555), (111024, 2252800, 2e12, 1.685), (213568, 1265664, 2e12, 1.866),
+            (320320, 860160, 2e12, 2.215), (443232, 643072, 2e12, 2.127), (27792, 3604480, 1e12, 1.843),
+            (32928, 3379200, 1e12, 1.879), (55536, 2076672, 1e12, 1.903), (83280, 1458176, 1e12, 1.954),
+            (65824, 1843200, 1e12, 2.024), (106816, 1191936, 1e12, 1.972), (55536, 8318976, 4e12, 1.400),
+            (83280, 5844992, 4e12, 1.371), (111024, 4505600, 4e12, 1.399)]
+    path = tmp_path / "grid.csv"
+    path.write_text("n,d,c,loss\n" + "".join(f"{n},{d},{c},{loss}\n" for n, d, c, loss in rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        code = main(["scaling", "fit", str(path), "--n-col", "n", "--d-col", "d", "--c-col", "c", "--loss-col", "loss",
+                     "--predict-c", "1e12", "4e12", "--bootstrap", "40", "--out", str(tmp_path / "fit")])
+    assert code == 0
+    assert (tmp_path / "fit" / "fit.json").exists()

@@ -141,6 +141,7 @@ def _json_default(o: Any) -> Any:
 def check_directory_path(path: str | os.PathLike, what: str) -> None:
     """Refuse (:class:`ConfigError`) a path that cannot become a directory: an existing non-directory,
     or a file in the way above it (``/dev/null/x``). Cheap: creates nothing."""
+    require("\x00" not in str(path), f"{what} {str(path)!r} contains a NUL character")
     path = Path(path).expanduser()
     require(not path.exists() or path.is_dir(), f"{what} {str(path)!r} exists and is not a directory")
     for parent in path.absolute().parents:

@@ -5,6 +5,7 @@
     tgrow compare --preset quick --plans g_stack,compound --optimizer-state fresh --out runs/q2
     tgrow compare --preset quick --seeds 0,1,2 --budgets 0.25,0.5 --out runs/q3   # intervals, multiplier
     tgrow compare --preset quick --corpus my_texts/ --tokenizer bpe --out runs/q4  # any text file or directory
+    tgrow compare --preset quick --hf-config ./llama-config.json --seq-len 128 --out runs/q5  # a Llama-shaped target
 
 Besides the baseline and the plans, every comparison trains each plan's first-stage model alone on
 the baseline's FLOPs (a ``small-only`` control; ``--no-controls`` turns them off), and prints the
@@ -13,6 +14,12 @@ target's tokens per parameter against the compute-optimal size (``--compute-opti
 Writes ``OUT/report.json`` (runs, speedups: FLOPs, wall-clock and tokens to reach the baseline's
 final validation loss; losses at equal FLOPs), ``OUT/report.md``, ``OUT/loss_vs_flops.png`` and
 ``OUT/loss_vs_wall.png``, and prints the speedup table. Killed midway, the same command resumes in ``OUT``.
+
+``--hf-config`` makes the target a Hugging Face architecture (GPT-2, Llama, Mistral, Qwen2, Mixtral,
+Qwen2-MoE; a ``config.json``, a ``save_pretrained`` directory or inline JSON): it trains as our GPT
+(same FLOP accounting, checkpoints and report), keeps its own vocabulary (the tokenizer's must fit in
+it), and every run exports with ``tgrow hf export OUT/runs/seed0/NAME --out DIR``. Of the model flags
+only ``--seq-len`` applies (the context of a RoPE model; default ``max_position_embeddings``, at most 2048).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from transformer_grow.model import ModelConfig
 # checkpoint intervals are the comparison's own (budget_tokens, n_evals, eval_windows).
 _PRESET = "the comparison preset's"
 COMPARE_FLAGS = ConfigFlags(CompareConfig, "comparison", defaults_from=_PRESET,
-                            exclude=frozenset({"name", "target", "train", "data", "plan_options"}))
+                            exclude=frozenset({"name", "target", "train", "data", "plan_options", "hf_family"}))
 COMPARE_TRAIN_FLAGS = TRAIN_FLAGS.variant(
     title="training (every run)", defaults_from=_PRESET,
     exclude=frozenset({"max_steps", "max_tokens", "eval_interval", "eval_windows", "ckpt_interval"}))
@@ -65,6 +72,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "runs/); default runs/compare-PRESET")
     parser.add_argument("--target", default=None, choices=tuple(MODEL_PRESETS),
                         help="model preset of the target (then refined by the model flags); default: the preset's")
+    parser.add_argument("--hf-config", default=None, metavar="PATH_OR_JSON",
+                        help="a Hugging Face architecture as the target: a transformers config.json, a "
+                             "save_pretrained directory or inline JSON (model_type llama, mistral, qwen2, mixtral, "
+                             "qwen2_moe or gpt2); replaces --target and the model flags except --seq-len")
     parser.add_argument("--sequential", action="store_true",
                         help="run the plans one after another (default: they take turns every evaluation interval, "
                              "so changes in machine load hit every run alike and wall-clock ratios stay fair)")
@@ -80,12 +91,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
     """The preset's :class:`CompareConfig` with every flag given applied (validated)."""
     config = compare_preset(args.preset)
-    target = config.target
-    if args.target is not None:
+    target, hf_family = config.target, None
+    if getattr(args, "hf_config", None) is not None:
+        from transformer_grow.growth.hf_run import hf_target
+
+        extra = (["--target"] if args.target else []) + [COMPARE_MODEL_FLAGS.flag(name) for name in
+                                                         sorted(set(COMPARE_MODEL_FLAGS.given(args)) - {"seq_len"})]
+        require(not extra, f"--hf-config gives the whole target; drop {', '.join(extra)} (of the model flags only "
+                           "--seq-len applies)")
+        target, hf_family = hf_target(args.hf_config, COMPARE_MODEL_FLAGS.given(args).get("seq_len"))
+    elif args.target is not None:
         target = ModelConfig.from_dict({**target.to_dict(), **MODEL_PRESETS[args.target], "head_dim": None,
                                         "n_kv_head": None, "d_ff": None})
     model_flags = COMPARE_MODEL_FLAGS.given(args)
-    if model_flags:
+    if model_flags and hf_family is None:
         derived = {k: None for k in ("head_dim", "n_kv_head", "d_ff") if k not in model_flags}
         target = ModelConfig.from_dict({**target.to_dict(), **derived, **model_flags})
     train = config.train.replace(**COMPARE_TRAIN_FLAGS.given(args))
@@ -100,7 +119,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
                 f"--seed {seed} and --seeds {changes.get('seeds')} disagree; give --seeds only (e.g. --seeds 0,1,2)")
         changes["seeds"] = [seed]
     config = dataclasses.replace(config, **changes, target=target, train=train, data=data,
-                                 plan_options=plan_options_from_args(args, config.plan_options))
+                                 plan_options=plan_options_from_args(args, config.plan_options), hf_family=hf_family)
     check_plan_options_apply(config.plans, PLAN_FLAGS.given(args), PLAN_FLAGS.flag)
     config.validate()
     if args.out is not None:

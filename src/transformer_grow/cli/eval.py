@@ -12,10 +12,10 @@ import math
 from transformer_grow.cli.common import DATA_FLAGS, parse_count
 from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.device import resolve_device
-from transformer_grow.errors import ConfigError, require
+from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.io import json_text
 from transformer_grow.train.checkpoint import load_checkpoint, model_from_checkpoint
-from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.config import DEVICES, TrainConfig
 from transformer_grow.train.evaluate import evaluate_windows
 from transformer_grow.train.memory import check_eval_memory
 
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             f"--windows={args.windows} is not allowed; it must be from 1 to {MAX_WINDOWS:,}")
     require(1 <= args.batch_size <= MAX_WINDOWS,
             f"--batch-size={args.batch_size} is not allowed; it must be from 1 to {MAX_WINDOWS:,}")
+    choice("--device", args.device, DEVICES)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     state = ckpt.train_state

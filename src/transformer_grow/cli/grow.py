@@ -127,6 +127,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def operator_arguments(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The operator options given on the command line and the per-dimension operator choices."""
+    options = {
+        k: v
+        for k, v in {
+            "layer_sources": _index_list(args.layer_sources, "--layer-sources"),
+            "insert_positions": _index_list(args.insert_positions, "--insert-positions"),
+            "block_init": args.block_init,
+            "router_init": args.router_init,
+            "expert_init": args.expert_init,
+            "rescale_eps": args.rescale_eps,
+        }.items()
+        if v is not None
+    }
+    return options, {dim: getattr(args, dim) for dim in ("depth", "width", "heads", "ffn", "seq", "experts")}
+
+
 def _index_list(text: str | None, flag: str) -> list[int] | None:
     if text is None:
         return None
@@ -213,19 +230,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out!r} already holds a checkpoint; choose another directory")
     ckpt = load_checkpoint(args.checkpoint)
     target = resolve_target(args.to, ckpt.model_config)
-    options = {
-        k: v
-        for k, v in {
-            "layer_sources": _index_list(args.layer_sources, "--layer-sources"),
-            "insert_positions": _index_list(args.insert_positions, "--insert-positions"),
-            "block_init": args.block_init,
-            "router_init": args.router_init,
-            "expert_init": args.expert_init,
-            "rescale_eps": args.rescale_eps,
-        }.items()
-        if v is not None
-    }
-    choices = {dim: getattr(args, dim) for dim in ("depth", "width", "heads", "ffn", "seq", "experts")}
+    options, choices = operator_arguments(args)
     plan(
         ckpt.model_config,
         target,

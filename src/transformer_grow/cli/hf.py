@@ -3,6 +3,7 @@
     tgrow hf check ./my-llama                       # every operator, measured on a probe
     tgrow grow --hf ./my-llama --to 1.3B --method stack --out ./my-llama-grown
     tgrow grow --hf ./gpt2-small --to bigger.yaml --depth insert_zero --out ./gpt2-grown
+    tgrow hf export runs/cmp/runs/seed0/g_stack --out ./llama-grown   # a run of an HF target, as save_pretrained
 
 ``check`` grows the model by each operator one small step (one more block, twice the FFN, ...),
 exports the result to the model's family and prints the declared kind and the measured max |dlogits|
@@ -42,7 +43,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0, help="seed of fresh initialisation and noise")
     check.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
     check.set_defaults(func=run_check)
+    export = actions.add_parser(
+        "export", help="write a run's model as save_pretrained output (loadable by AutoModelForCausalLM)",
+        description="Export the checkpointed model of a run (tgrow train/compare/GrowthManager) to its Hugging Face "
+        "family, reload it with AutoModelForCausalLM and record in export_record.json that its logits equal ours.")
+    export.add_argument("run", metavar="RUN", help="a run or checkpoint directory")
+    export.add_argument("--out", required=True, metavar="DIR", help="an empty or new output directory")
+    export.add_argument("--family", default=None, help="the family for a run that records none (our own models): "
+                        "gpt2, llama, mistral, qwen2, mixtral or qwen2_moe")
+    export.set_defaults(func=run_export)
     return parser
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from transformer_grow.growth.hf_run import EXPORT_RECORD, export_run
+
+    record = export_run(args.run, args.out, family=args.family)
+    print(f"wrote {args.out} ({record['hf_class']}, step {record['step']}): max|dlogits| against the run's model "
+          f"{record['max_abs_dlogits']:.3g}; record in {args.out}/{EXPORT_RECORD}")
+    return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -63,10 +82,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 def grow_hf_dir(args: argparse.Namespace) -> int:
     """`tgrow grow --hf PATH --to ... --out DIR`: the arguments of `tgrow grow` (cli/grow.py)."""
-    from transformer_grow.cli.grow import _index_list, resolve_target
+    from transformer_grow.cli.grow import operator_arguments, resolve_target
     from transformer_grow.hf.convert import config_from_hf, load_hf
     from transformer_grow.hf.grow import RECORD_FILE, grow_hf, save_grown
-    from transformer_grow.hf.target import is_size, target_for_size
+    from transformer_grow.model.sizing import is_size, target_for_size
 
     out = Path(args.out)
     require(not out.exists() or not any(out.iterdir()), f"--out {args.out!r} is not empty; choose another directory")
@@ -74,19 +93,7 @@ def grow_hf_dir(args: argparse.Namespace) -> int:
     model = load_hf(args.hf)
     source = config_from_hf(model, args.hf_seq_len)
     target = target_for_size(source, args.to) if is_size(args.to) else resolve_target(args.to, source)
-    options = {
-        k: v
-        for k, v in {
-            "layer_sources": _index_list(args.layer_sources, "--layer-sources"),
-            "insert_positions": _index_list(args.insert_positions, "--insert-positions"),
-            "block_init": args.block_init,
-            "router_init": args.router_init,
-            "expert_init": args.expert_init,
-            "rescale_eps": args.rescale_eps,
-        }.items()
-        if v is not None
-    }
-    choices = {dim: getattr(args, dim) for dim in ("depth", "width", "heads", "ffn", "seq", "experts")}
+    options, choices = operator_arguments(args)
     growth = grow_hf(model, target, args.method, seq_len=args.hf_seq_len, noise=args.noise,
                      noise_std=args.noise_std, seed=args.seed, source=str(args.hf), **choices, **options)
     record = save_grown(growth, out)

@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tgrow {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except ValueError as e:
+        if "embedded null byte" not in str(e):  # a path given with a NUL character in it
+            raise
+        print(f"tgrow {args.command}: error: a path on the command line contains a NUL character", file=sys.stderr)
+        return 2
     except OSError as e:
         if e.errno not in DISK_ERRNOS:
             raise

@@ -28,7 +28,7 @@ from transformer_grow.growth.builders import PLAN_NAMES, PlanOptions, build_plan
 from transformer_grow.growth.plan import BUDGET_MODES, OPTIMIZER_POLICIES, SCHEDULE_POLICIES
 from transformer_grow.growth.timing import GrowthTimingWarning
 from transformer_grow.model import ModelConfig
-from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.config import MAX_COUNTS, TrainConfig
 
 # PlanOptions' short field names would be ambiguous next to the training flags (--schedule,
 # --optimizer...), so its flags say "growth".
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                                                                                  "train": {}}
     # the batch: flag, else the file's train section, else TrainConfig's default (one source)
     batch = {"batch_size": TrainConfig.batch_size, **file["train"], **PLAN_BATCH_FLAGS.given(args)}["batch_size"]
-    require(isinstance(batch, int) and batch >= 1, f"batch_size={batch!r} is not allowed; it must be an integer >= 1")
+    require(isinstance(batch, int) and 1 <= batch <= MAX_COUNTS["batch_size"],
+            f"batch_size={batch!r} is not allowed; it must be an integer from 1 to {MAX_COUNTS['batch_size']:,}")
     target = target_from_args(args, file)
     options = plan_options_from_args(args)
     name = args.plan or "g_stack"
@@ -159,7 +160,7 @@ def run_plan_from_args(args: argparse.Namespace, resume: bool = False) -> int:
             warnings.simplefilter("ignore", GrowthTimingWarning)  # already shown
             manager = GrowthManager(target, args.plan, budget_tokens=budget, train_config=train,
                                     plan_options=options, out_dir=args.out, data_config=setup.data,
-                                    strategy=getattr(args, "strategy", None), env=env,
+                                    parallel=getattr(args, "parallel", None), env=env,
                                     allow_optimizer_changes=resume)
         try:
             record = manager.run(data).record

@@ -13,8 +13,9 @@ import torch
 from transformer_grow.cli.eval import CHECKPOINT_DATA_FLAGS, data_config_of
 from transformer_grow.data import prepare_data
 from transformer_grow.device import resolve_device
-from transformer_grow.errors import ConfigError, require
+from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.train.checkpoint import load_checkpoint, model_from_checkpoint
+from transformer_grow.train.config import DEVICES
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -74,6 +75,7 @@ def _prompt_ids(args: argparse.Namespace, tokenizer, vocab_size: int) -> list[in
 
 def run(args: argparse.Namespace) -> int:
     _validate(args)
+    choice("--device", args.device, DEVICES)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     data = prepare_data(data_config_of(ckpt.train_state, args), progress=not args.no_progress)

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -423,9 +424,10 @@ def _grid_setup(args):
     """(GridSpec, DataConfig, PlanOptions) from the mode and every flag, validated before any work."""
     import dataclasses
 
-    from transformer_grow.cli.plan import plan_options_from_args
+    from transformer_grow.cli.plan import PLAN_FLAGS, plan_options_from_args
     from transformer_grow.data import DataConfig
     from transformer_grow.data.config import BYTE_VOCAB_SIZE, DEFAULT_VOCAB_SIZE
+    from transformer_grow.growth.builders import check_plan_options_apply
     from transformer_grow.lab.grid import GridSpec, parse_list
 
     base = GridSpec.from_mode(args.mode)
@@ -455,7 +457,10 @@ def _grid_setup(args):
 
     for plan in spec.plans:
         require(plan in PLAN_NAMES, f"plan={plan!r} is not allowed; choose from {', '.join(map(repr, PLAN_NAMES))}")
-    return spec, data, plan_options_from_args(args)
+    options = plan_options_from_args(args)
+    check_plan_options_apply(spec.plans, PLAN_FLAGS.given(args), PLAN_FLAGS.flag)
+    options.validate()
+    return spec, data, options
 
 
 def _runner(args, spec, data, options, results_path, early_stop=None, progress=False):
@@ -521,10 +526,14 @@ def run_grid_command(args) -> int:
     spec, data_config, options = _grid_setup(args)
     require(args.max_runs is None or args.max_runs >= 1, f"--max-runs={args.max_runs} must be >= 1")
     results = resolve_results_path(args.out)
+    # checked even without --early-stop: a bad value is refused, not ignored
+    rule = EarlyStopRule(margin=args.early_stop_margin, level=args.early_stop_level,
+                         min_fraction=args.early_stop_min_fraction)
+    require(math.isfinite(rule.margin) and rule.margin <= 1,
+            f"--early-stop-margin={rule.margin} is not allowed; it must be a number from 0 to 1")
     early_stop = None
     if args.early_stop:
-        early_stop = EarlyStopRule(margin=args.early_stop_margin, level=args.early_stop_level,
-                                   min_fraction=args.early_stop_min_fraction)
+        early_stop = rule
         if any(plan != SCRATCH for plan in spec.plans):
             print("note: early stopping applies to scratch runs only; growth runs always finish", file=sys.stderr)
     runner = _runner(args, spec, data_config, options, results, early_stop, progress=not args.no_progress)

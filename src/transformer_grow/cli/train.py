@@ -29,7 +29,7 @@ from transformer_grow.cli.common import (
     check_device,
     load_config_file,
 )
-from transformer_grow.cli.plan import add_plan_options, run_plan_from_args
+from transformer_grow.cli.plan import PLAN_FLAGS, add_plan_options, run_plan_from_args
 from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.io import atomic_write_json, lock_run_dir
@@ -65,10 +65,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "override the checkpointed settings. With --plan: the plan run in DIR, whose "
                              "lr, min-lr-ratio, warmup-steps and grad-clip may change (e.g. after a divergence)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars on stderr")
-    parser.add_argument("--strategy", choices=("none", "ddp", "fsdp"), default="none",
+    parser.add_argument("--parallel", "--strategy", dest="parallel", choices=("none", "ddp", "fsdp"), default="none",
                         help="data parallelism under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2), e.g. "
-                             "torchrun --nproc_per_node 2 -m transformer_grow.cli.main train --strategy ddp ...; "
-                             "--batch-size is the global batch (default: none, one process)")
+                             "torchrun --nproc_per_node 2 -m transformer_grow.cli.main train --parallel ddp ...; "
+                             "--batch-size is the global batch (default: none, one process). --strategy is an alias "
+                             "(GrowthManager's parallel=; its strategy= names the growth plan)")
     add_config_options(parser)
     for flags in (MODEL_FLAGS, TRAIN_FLAGS, DATA_FLAGS):
         flags.add_to(parser)
@@ -138,7 +139,7 @@ def _run_new(args: argparse.Namespace) -> int:
             data = prepare_data(setup.data, progress=not args.no_progress and main)
         model_config = setup.model_for(data)
         check_training_memory(model_config, setup.train)
-        trainer = make_trainer(model_config, setup.train, data, strategy=args.strategy, env=env, out_dir=out,
+        trainer = make_trainer(model_config, setup.train, data, strategy=args.parallel, env=env, out_dir=out,
                                data_config=setup.data, progress=not args.no_progress)
         if main:
             atomic_write_json(out / "config.json", {"model": model_config.to_dict(), "train": setup.train.to_dict(),
@@ -171,7 +172,7 @@ def _run_resume(args: argparse.Namespace) -> int:
     with _locked(out, main):
         with main_rank_first(env):
             data = prepare_data(data_config, progress=not args.no_progress and main)
-        trainer = resume_trainer(args.resume, data, strategy=args.strategy, env=env, train_config=train,
+        trainer = resume_trainer(args.resume, data, strategy=args.parallel, env=env, train_config=train,
                                  out_dir=args.out, data_config=data_config, progress=not args.no_progress)
         if main:
             changes = {name: [state["train_config"].get(name), value] for name, value in train.to_dict().items()
@@ -188,8 +189,11 @@ def _locked(out: Path | None, main: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    with maybe_distributed_session(args.strategy, args.device or "auto") as env:
+    with maybe_distributed_session(args.parallel, args.device or "auto") as env:
         args.dist_env = env
+        given = sorted(PLAN_FLAGS.given(args))
+        require(args.plan is not None or not given,
+                f"{PLAN_FLAGS.flag(given[0]) if given else ''} is a growth-plan option; it applies only with --plan")
         if args.plan is not None:
             if args.resume is not None:  # explicit: the optimizer settings (e.g. --lr) may change
                 require(args.out is None or Path(args.out) == Path(args.resume),

@@ -20,7 +20,7 @@ def _is_codec(name: str) -> bool:
     """A text encoding Python knows (``bytes.decode`` refuses the others, such as base64)."""
     try:
         return bool(getattr(codecs.lookup(name), "_is_text_encoding", True))
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL character in the name
         return False
 
 TOKENIZERS = ("bpe", "bytes")
@@ -95,7 +95,7 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad setting; cheap (touches no file contents)."""
-        require(isinstance(self.corpus, str) and self.corpus.strip() != "",
+        require(isinstance(self.corpus, str) and self.corpus.strip() != "" and "\x00" not in self.corpus,
                 f"corpus={self.corpus!r} is not allowed; give 'stdlib', a path, or 'hf:NAME[:CONFIG[:SPLIT]]'")
         choice("tokenizer", self.tokenizer, TOKENIZERS)
         require(isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool),

@@ -19,14 +19,13 @@ from transformer_grow.grow.depth import (
     repeat,
     stack,
 )
+from transformer_grow.grow.dynamics import lr_multipliers
 from transformer_grow.grow.heads_ffn import add_heads, grow_ffn
 from transformer_grow.grow.map import DimMap, ParamMap, ParamSource
 from transformer_grow.grow.moe import add_experts, upcycle
 from transformer_grow.grow.noise import NoiseSpec
-from transformer_grow.grow.dynamics import lr_multipliers
 from transformer_grow.grow.optimizer import Handoff, grow_optimizer_state, handoff
-from transformer_grow.grow.report import GrowthCertificateError
-from transformer_grow.grow.report import GrowthReport, GrowthResult
+from transformer_grow.grow.report import GrowthCertificateError, GrowthReport, GrowthResult
 from transformer_grow.grow.sequence import grow_seq
 from transformer_grow.grow.width import clone, net2net, random_pad, zero_pad
 

@@ -37,6 +37,7 @@ from transformer_grow.growth.timing import DEFAULT_MAX_FRACTION, g_stack_timing
 from transformer_grow.model import ModelConfig
 
 PLAN_NAMES = ("scratch", "g_stack", "compound", "progressive", "adaptive")
+MAX_BUDGET_TOKENS = 10**18
 SHORT = {"depth": "L", "width": "d", "seq": "T"}  # stage labels of compound plans
 
 
@@ -158,8 +159,9 @@ def check_plan_options_apply(plans: Iterable[str], given: Iterable[str],
     """Refuse a plan option (field name; ``spell`` gives its flag) that none of ``plans`` reads."""
     plans = list(plans)
     used = set().union(*(PLAN_OPTIONS_USED.get(plan, frozenset()) for plan in plans))
+    listed = set().union(*PLAN_OPTIONS_USED.values())
     for name in given:
-        if name not in used:
+        if name not in used and (name in listed or plans == ["scratch"]):  # an unlisted option: growth plans
             readers = [plan for plan, names in PLAN_OPTIONS_USED.items() if name in names]
             raise ConfigError(f"{spell(name)} does not apply to plan {', '.join(plans)}; it is an option of "
                               f"{', '.join(readers) or 'no plan'}")
@@ -271,8 +273,8 @@ BUILDERS = {"scratch": scratch_plan, "g_stack": g_stack_plan, "compound": compou
 def build_plan(name: str, target: ModelConfig, budget_tokens: int, options: PlanOptions | None = None) -> GrowthPlan:
     """The built-in plan ``name`` growing into ``target`` under a ``budget_tokens`` budget, validated."""
     choice("plan", name, PLAN_NAMES)
-    require(isinstance(budget_tokens, int) and budget_tokens > 0,
-            f"budget_tokens={budget_tokens!r} must be a positive integer")
+    require(isinstance(budget_tokens, int) and 0 < budget_tokens <= MAX_BUDGET_TOKENS,
+            f"budget_tokens={budget_tokens!r} must be a positive integer of at most {MAX_BUDGET_TOKENS:.0e}")
     options = options or PlanOptions()
     options.validate()
     plan = BUILDERS[name](target, budget_tokens, options)

@@ -1,5 +1,14 @@
 """GrowthManager: trains a :class:`~transformer_grow.growth.plan.GrowthPlan` end to end.
 
+The seed API (:mod:`~transformer_grow.growth.api`): a model, a growth strategy, a target size and a
+budget; any PyTorch iterable of token batches as data; the trained large model back:
+
+>>> manager = GrowthManager(model=my_model, strategy="g_stack", target_size="7B", budget="100B tokens")
+>>> large = manager.grow_and_train(train_data=train_loader, eval_data=val_loader)
+>>> manager.result.final_val_loss
+
+The plan API: a target config and a plan name (or :class:`GrowthPlan`) on our token data:
+
 >>> manager = GrowthManager(target=preset("tiny", vocab_size=data.vocab_size), plan="g_stack",
 ...                         budget_tokens=2_000_000, train_config=TrainConfig(batch_size=16, max_steps=1))
 >>> result = manager.run(data)           # train, grow, train on; validation at fixed FLOP intervals
@@ -16,7 +25,7 @@ Validation runs every ``budget / n_evals`` (FLOPs or tokens, per ``budget_mode``
 windows of the target's context length, for every run. Wall-clock time counts the training steps
 and the growth operations, not evaluation or checkpointing.
 
-Under ``torchrun`` (``strategy="ddp"`` or ``"fsdp"``) every rank runs the manager with the same
+Under ``torchrun`` (``parallel="ddp"`` or ``"fsdp"``) every rank runs the manager with the same
 arguments: the trainer's ``parallel`` is a :class:`~transformer_grow.distributed.parallel.DataParallel`,
 growth releases the wrapper and wraps the grown model anew (:func:`~transformer_grow.growth.event.grow_trainer`,
 the same code path as in one process), and only rank 0 logs and writes files.
@@ -26,10 +35,16 @@ time, driver state). With ``out_dir`` the run is resumable: the trainer checkpoi
 every evaluation) carries the manager's :class:`~transformer_grow.growth.run_state.GrowthRunState`,
 and a finished run writes ``result.json``; calling :meth:`run` again returns that result without
 training, or continues from the last checkpoint.
+
+A target of a Hugging Face family (a ``transformers`` config as ``target``, or an HF ``model``) trains
+as our GPT; the family is recorded in the checkpoints' driver state and ``result.json``
+(``hf_family``) so that the run exports to ``save_pretrained`` output
+(:func:`~transformer_grow.growth.hf_run.export_run`, ``tgrow hf export``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -53,6 +68,7 @@ from transformer_grow.growth.accounting import (
 from transformer_grow.growth.budget import BudgetSchedule, evaluate_fixed_windows
 from transformer_grow.growth.builders import PlanOptions, build_plan
 from transformer_grow.growth.event import grow_trainer
+from transformer_grow.growth.hf_run import FAMILY_KEY, hf_target, is_hf_config, to_hf_model
 from transformer_grow.growth.plan import GrowthPlan, describe_config
 from transformer_grow.growth.record import EvalPoint, RunRecord
 from transformer_grow.growth.run_state import Counters, GrowthRunState, ScheduleStart
@@ -84,6 +100,7 @@ class GrowthRunResult:
 
     record: RunRecord
     model: torch.nn.Module | None = None
+    hf_family: dict | None = None  # the Hugging Face family of the run (FamilyInfo as a dict), if any
 
     @property
     def final_val_loss(self) -> float:
@@ -111,8 +128,17 @@ def check_growth_events(plan: GrowthPlan) -> None:
 class GrowthManager:
     """Runs a growth plan (built-in name or :class:`GrowthPlan`) on a shared budget.
 
+    Seed API (keywords; :mod:`~transformer_grow.growth.api`): ``model`` (our GPT or a ``transformers``
+    model of a supported family: the first stage, trained from its weights), ``strategy`` (``g_stack``,
+    ``compound``, ``progressive``, ``adaptive``), ``target_size`` (``"7B"``, ``"350M"``, ``"1.2e8"``, or
+    a config) and ``budget`` (``"100B tokens"``, ``"3e21 FLOPs"``); ``seq_len``: the context of an HF
+    RoPE model (default ``max_position_embeddings`` capped at 2048). Then :meth:`grow_and_train`. The
+    derived target, budget and stages are logged here, before any training. ``batch_size`` (sequences
+    per step) and the optimiser come from ``train_config``.
+
     Args:
-        target: the final model's config (``plan`` built-in names grow into it).
+        target: the final model's config (``plan`` built-in names grow into it), or a ``transformers``
+            config (or its dict) of a supported family: trained as our GPT, recorded for export.
         plan: ``"scratch"``, ``"g_stack"``, ``"compound"``, ``"progressive"``, ``"adaptive"`` or a plan.
         budget_tokens: the baseline's token budget (needed for a built-in plan name).
         train_config: optimiser, schedule shape, batch (``batch_size`` sequences of the *target's*
@@ -125,22 +151,43 @@ class GrowthManager:
         name: the run's name in reports (default: the plan's name).
         log: where progress lines go (default: stderr); ``None`` silences them.
         data_config: recorded in checkpoints (so ``tgrow eval``/``sample`` can rebuild the data).
-        strategy: ``None`` (one process), ``"ddp"`` or ``"fsdp"`` (under ``torchrun``; every rank
+        parallel: ``None`` (one process), ``"ddp"`` or ``"fsdp"`` (under ``torchrun``; every rank
             runs the manager; ``batch_size`` is the global batch).
         env: the process group's :class:`~transformer_grow.distributed.env.DistEnv` (default: the
             initialised one).
     """
 
-    def __init__(self, target, plan: str | GrowthPlan = "g_stack", budget_tokens: int | None = None,
+    def __init__(self, target=None, plan: str | GrowthPlan = "g_stack", budget_tokens: int | None = None,
                  train_config: TrainConfig | None = None, plan_options: PlanOptions | None = None,
                  n_evals: int = 20, eval_windows: int = 32, out_dir: str | Path | None = None,
                  name: str | None = None, log: Callable[[str], None] | None = log_to_stderr,
-                 data_config=None, strategy: str | None = None, env: DistEnv | None = None,
-                 allow_optimizer_changes: bool = False):
-        strategy = None if strategy in (None, "none") else strategy
-        if strategy is not None:
-            choice("strategy", strategy, STRATEGIES)
+                 data_config=None, parallel: str | None = None, env: DistEnv | None = None,
+                 allow_optimizer_changes: bool = False, *, model=None, strategy: str | None = None,
+                 target_size=None, budget=None, seq_len: int | None = None, hf_family: dict | None = None):
+        if strategy in STRATEGIES:  # the old name of `parallel`: say so rather than "not a growth plan"
+            raise ConfigError(f"strategy={strategy!r} is data parallelism: pass parallel={strategy!r} (strategy= "
+                              "names the growth plan of the seed API: g_stack, compound, progressive, adaptive)")
+        parallel = None if parallel in (None, "none") else parallel
+        if parallel is not None:
+            choice("parallel", parallel, STRATEGIES)
             env = env or DistEnv.current()
+        self.initial_model: torch.nn.Module | None = None  # the first stage's weights (seed API)
+        self.seed_lines: list[str] = []
+        if model is not None or strategy is not None or target_size is not None or budget is not None:
+            from transformer_grow.growth.api import prepare_seed
+
+            require(model is not None, "strategy=, target_size= and budget= go with model= (the model to grow)")
+            require(target is None and budget_tokens is None,
+                    "give either model=, target_size=, budget= (seed API) or target, budget_tokens (plan API)")
+            require(isinstance(plan, str) and (strategy is None or plan in ("g_stack", strategy)),
+                    f"give the growth plan once: strategy={strategy!r} (plan={plan!r} too)")
+            setup = prepare_seed(model, strategy or plan, target_size, budget, plan_options, seq_len)
+            plan, self.initial_model, hf_family, self.seed_lines = setup.plan, setup.initial, setup.family, setup.lines
+        elif is_hf_config(target):
+            target, family = hf_target(target, seq_len)
+            hf_family = hf_family or family
+        require(plan is not None and (target is not None or isinstance(plan, GrowthPlan)),
+                "GrowthManager needs a target config and a plan (or model=, target_size=, budget=)")
         if isinstance(plan, str):
             require(budget_tokens is not None, f"plan={plan!r} needs budget_tokens (the baseline's token budget)")
             plan = build_plan(plan, target, budget_tokens, plan_options)
@@ -165,7 +212,10 @@ class GrowthManager:
         self.eval_windows = eval_windows
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.name = name or plan.name
-        self.strategy, self.env = strategy, env
+        self.parallel, self.env = parallel, env
+        if hf_family is not None and not isinstance(hf_family, dict):
+            hf_family = hf_family.to_dict()  # a FamilyInfo
+        self.hf_family = hf_family
         self.is_main = env is None or env.is_main
         # an explicit resume may change RESUME_CHANGEABLE settings (e.g. a lower LR after a divergence)
         self.allow_optimizer_changes = allow_optimizer_changes
@@ -173,7 +223,18 @@ class GrowthManager:
         self.data_config = data_config
         self.trainer: Trainer | None = None
         self.state: GrowthRunState | None = None
+        self.result: GrowthRunResult | None = None  # set when the run finishes (or was finished)
         self._windows: torch.Tensor | None = None
+        self._initial_digest = None
+        if self.initial_model is not None:
+            from transformer_grow.growth.api import weights_digest
+
+            self._initial_digest = weights_digest(self.initial_model)
+        for line in self.seed_lines:  # the derived architecture and budget, before any training
+            self._say(line)
+        if self.seed_lines:
+            for line in self.account.table():
+                self._say(line)
 
     # ------------------------------------------------------------------ setup
     def fingerprint(self, data, train_config: TrainConfig | None = None) -> str:
@@ -181,6 +242,10 @@ class GrowthManager:
         train = train_config or self.train_config
         ident = {"plan": self.plan.to_dict(), "train": train.to_dict(), "n_evals": self.n_evals,
                  "eval_windows": self.eval_windows, "data": getattr(data, "fingerprint", None)}
+        if self._initial_digest is not None:  # keys only when set: fingerprints of other runs stay as they were
+            ident["initial_weights"] = self._initial_digest
+        if self.hf_family is not None:
+            ident["hf_family"] = self.hf_family
         return hashlib.blake2b(json.dumps(ident, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
 
     def _stage_train_config(self, stage_index: int) -> TrainConfig:
@@ -229,6 +294,32 @@ class GrowthManager:
         finally:
             self.close()
 
+    def grow_and_train(self, train_data, eval_data=None, limit_steps: int | None = None):
+        """Train the plan on ``train_data`` and return the trained large model (``manager.result`` holds
+        the run's record): a ``transformers`` model of the family when the model or target was one, our
+        GPT otherwise; in eval mode, as ``from_pretrained`` returns models.
+
+        ``train_data``/``eval_data``: our token data, or any iterable of token batches (a DataLoader of
+        ``[B, T + 1]`` LongTensors, ``(x, y)`` pairs or dicts with ``input_ids``), read in order
+        (:class:`~transformer_grow.data.iterable.IterableTokens`; without ``eval_data`` the first rows of
+        ``train_data`` are held out for validation). ``limit_steps``: as for :meth:`run` (returns ``None``).
+        """
+        from transformer_grow.growth.api import batch_sources
+
+        train_data, eval_data = batch_sources(train_data, eval_data, self.plan.target, self.eval_windows)
+        result = self.run(train_data, eval_data, limit_steps=limit_steps)
+        if result is None:
+            return None
+        model = result.model
+        if model is None:  # finished earlier: the final checkpoint holds the model
+            from transformer_grow.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+            require(self.out_dir is not None, "the run finished without a model to return")
+            model = model_from_checkpoint(load_checkpoint(resolve_checkpoint_dir(self.out_dir)))
+            self.result.model = model
+        model.eval()
+        return model if self.hf_family is None else to_hf_model(model, self.hf_family)
+
     def open(self, train_data, eval_data=None) -> GrowthRunResult | None:
         """Start the run, or resume it from ``out_dir``; returns the saved result if it already finished.
 
@@ -242,7 +333,8 @@ class GrowthManager:
                 raise ConfigError(f"{str(self.out_dir)!r} holds a finished run with other settings; use another "
                                   "output directory or delete it")
             self._say("already finished; using its saved result")
-            return GrowthRunResult(RunRecord.from_dict(saved["record"]))
+            self.result = GrowthRunResult(RunRecord.from_dict(saved["record"]), hf_family=saved.get(FAMILY_KEY))
+            return self.result
         self._prepare_windows(train_data if eval_data is None else eval_data)
         self._start_or_resume(train_data, fingerprint)
         return None
@@ -275,7 +367,7 @@ class GrowthManager:
             except (ConfigError, FileNotFoundError):
                 checkpoint = None
         if checkpoint is not None:
-            trainer = resume_trainer(checkpoint, data, strategy=self.strategy, env=self.env, out_dir=self.out_dir,
+            trainer = resume_trainer(checkpoint, data, strategy=self.parallel, env=self.env, out_dir=self.out_dir,
                                      data_config=self.data_config)
             saved = trainer.driver_state(STATE_KEY)
             if saved is not None and saved.get("fingerprint") != fingerprint and self.allow_optimizer_changes:
@@ -289,8 +381,13 @@ class GrowthManager:
             if self.out_dir is not None and self.is_main:  # records of a run killed before its first checkpoint
                 (self.out_dir / METRICS_FILENAME).unlink(missing_ok=True)
             first = self.plan.stages[0]
-            self.trainer = make_trainer(first.model, self._stage_train_config(0), data, strategy=self.strategy,
-                                        env=self.env, out_dir=self.out_dir, data_config=self.data_config)
+            # the seed API's model: a copy, so that the caller's model (and a rerun) starts from its weights
+            initial = None if self.initial_model is None else copy.deepcopy(self.initial_model).float()
+            self.trainer = make_trainer(first.model, self._stage_train_config(0), data, strategy=self.parallel,
+                                        env=self.env, out_dir=self.out_dir, data_config=self.data_config,
+                                        model=initial)
+            if self.hf_family is not None:  # in every checkpoint: what the run exports to
+                self.trainer.set_driver_state(FAMILY_KEY, self.hf_family)
             self.state = GrowthRunState(fingerprint, stage_start=self._counters(),
                                         stage_end_step=self._stage_end_step(0), schedule=ScheduleStart())
         self._install_schedule()
@@ -466,9 +563,12 @@ class GrowthManager:
         if self.out_dir is not None:
             self._checkpoint()
         if self.out_dir is not None and self.is_main:
+            family = {} if self.hf_family is None else {FAMILY_KEY: self.hf_family}
             atomic_write_json(self.out_dir / RESULT_FILENAME, {
                 "fingerprint": self.state.fingerprint, "record": record.to_dict(),
-                "plan": self.plan.to_dict(), "account": self.account.to_dict(), "flops_formula": FLOPS_FORMULA})
+                "plan": self.plan.to_dict(), "account": self.account.to_dict(), "flops_formula": FLOPS_FORMULA,
+                **family})
         self._say(f"done: val loss {record.final_val_loss:.4f}, {record.total_flops:.3g} FLOPs, "
                   f"{record.total_tokens:,} tokens, {record.wall_seconds:.1f}s")
-        return GrowthRunResult(record, t.model)
+        self.result = GrowthRunResult(record, t.model, self.hf_family)
+        return self.result

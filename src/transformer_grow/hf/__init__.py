@@ -20,7 +20,7 @@ from transformer_grow.hf.convert import (
 )
 from transformer_grow.hf.families import FAMILIES, SUPPORTED_CLASSES, family_of
 from transformer_grow.hf.grow import HFGrowth, grow_hf, save_grown
-from transformer_grow.hf.target import parse_size, target_for_size
+from transformer_grow.model.sizing import parse_size, target_for_size
 
 __all__ = ["FAMILIES", "FamilyInfo", "HFGrowth", "SUPPORTED_CLASSES", "config_from_hf", "family_of", "from_hf",
            "grow_hf", "hf_logits", "load_hf", "parse_size", "save_grown", "state_from_hf", "state_to_hf",

@@ -19,7 +19,7 @@ import torch
 import transformers
 from torch import nn
 
-from transformer_grow.errors import ConfigError, require
+from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.grow.adapter import GPTAdapter
 from transformer_grow.hf.families import (
     EXTRA_FIELDS,
@@ -55,6 +55,13 @@ class FamilyInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FamilyInfo:
         return cls(d["family"], d["hf_class"], dict(d["hf_config"]), int(d["seq_len"]), list(d.get("notes", [])))
+
+    @classmethod
+    def new(cls, family: str, config: ModelConfig) -> FamilyInfo:
+        """For exporting a GPT trained here (no HF source): the family's ``transformers`` defaults for
+        every setting our config does not write (token ids, dropout of GPT-2's embeddings, ...)."""
+        choice("family", family, tuple(FAMILIES))
+        return cls(family, FAMILIES[family].hf_class, {}, config.seq_len)
 
 
 # ------------------------------------------------------------------------------- key map
@@ -158,10 +165,9 @@ def from_hf(model: nn.Module, seq_len: int | None = None) -> tuple[GPT, FamilyIn
             ours[name].copy_(tensor)
     gpt.train(model.training)
     info = FamilyInfo(family.name, family.hf_class, model.config.to_dict(), config.seq_len)
-    if family.name == "mistral" or "sliding_window" in info.hf_config:
-        window = info.hf_config.get("sliding_window")
-        if window is not None:
-            info.notes.append(f"sliding_window={window} >= seq_len={config.seq_len}: full causal attention there")
+    window = info.hf_config.get("sliding_window")
+    if window is not None:
+        info.notes.append(f"sliding_window={window} >= seq_len={config.seq_len}: full causal attention there")
     return gpt, info
 
 
@@ -192,7 +198,9 @@ def export_family(config: ModelConfig, info: FamilyInfo) -> Family:
         raise ConfigError(f"{family.hf_class} has no mixture-of-experts counterpart in transformers; "
                           f"experts can be exported for: "
                           + ", ".join(f.hf_class for f in FAMILIES.values() if f.moe_family))
-    return FAMILIES[family.moe_family] if config.n_expert else family
+    family = FAMILIES[family.moe_family] if config.n_expert else family
+    family.check_exportable(config)
+    return family
 
 
 def hf_config_for(config: ModelConfig, info: FamilyInfo):

@@ -8,8 +8,8 @@ a grown GPT goes back through the same table. Adding a family is one more table 
 
 The math of each family against ours (checked in ``transformers`` 5.x modeling code; tests measure it):
 
-- GPT-2: pre-LN, LayerNorm with bias, learned positions, ``gelu_new`` = our tanh-approximated GELU
-  (Hendrycks & Gimpel 2016, eq. for the tanh form), attention scaled by ``1/sqrt(head_dim)``, tied
+- GPT-2: pre-LN, LayerNorm with bias, learned positions, ``gelu_new`` = our GELU, both the tanh
+  approximation given by Hendrycks & Gimpel 2016, attention scaled by ``1/sqrt(head_dim)``, tied
   head. ``Conv1D`` stores weights ``[in, out]``: transposed here; ``c_attn`` is q, k, v fused along the
   output: split in three. The attention width is ``n_embd``: heads growth (``n_head * head_dim !=
   d_model``) cannot be exported to GPT-2.
@@ -25,6 +25,9 @@ The math of each family against ours (checked in ``transformers`` 5.x modeling c
   and an empty shared expert). Experts are stored as ``[E, 2*d_ff, d]`` (gate then up) and
   ``[E, d, d_ff]`` tensors. Our router's backward differs (a stop-gradient on the renormaliser,
   :mod:`transformer_grow.model.moe`): the function is the same, the router's training signal is not.
+- Dropout (training only; every certificate is measured in eval mode): ours drops embeddings, residual
+  updates and attention weights with one rate; GPT-2 has the three rates (``resid_pdrop`` is read), the
+  Llama family attention dropout only.
 - BERT (``BertForMaskedLM``) is refused: it is bidirectional and post-LN (``x = LN(x + f(x))``), so a
   zero-initialised block is ``LN(x)``, not ``x`` (exact depth growth would need the new block's
   LayerNorm to invert the previous one); supporting it needs a post-LN, bidirectional GPT variant with
@@ -69,6 +72,13 @@ class Family:
     write_config: Callable[[ModelConfig, dict[str, Any]], dict[str, Any]]  # ours, source extras -> HF fields
     moe_family: str | None = None  # the family a model with experts is exported to
     zero_params: tuple[str, ...] = ()  # HF parameter suffixes without a counterpart in ours: exported as 0
+    architecture: tuple[tuple[str, str], ...] = (("norm", "rmsnorm"), ("pos", "rope"), ("mlp", "swiglu"))
+
+    def check_exportable(self, config: ModelConfig) -> None:
+        """:class:`ConfigError` unless a GPT of ``config`` has this family's architecture."""
+        for name, value in self.architecture:
+            require(getattr(config, name) == value, f"{self.hf_class} needs {name}={value!r}; this model has "
+                                                    f"{name}={getattr(config, name)!r}")
 
 
 # ----------------------------------------------------------------------------------- key maps
@@ -184,7 +194,7 @@ def _write_llama_like(cfg: ModelConfig, extra: dict[str, Any]) -> dict[str, Any]
         head_dim=cfg.head_dim, num_key_value_heads=cfg.n_kv_head, intermediate_size=cfg.d_ff,
         vocab_size=cfg.vocab_size, rms_norm_eps=cfg.norm_eps, rope_parameters=_rope_parameters(cfg),
         tie_word_embeddings=cfg.tie_embeddings, attention_dropout=cfg.dropout, initializer_range=cfg.init_std,
-        hidden_act="silu", max_position_embeddings=max(cfg.seq_len, extra.get("max_position_embeddings", 0)),
+        hidden_act="silu", max_position_embeddings=max(cfg.seq_len, extra.get("max_position_embeddings") or 0),
     )
     window = extra.get("sliding_window")
     if window is not None:  # keep full attention over the context our model was certified at
@@ -281,11 +291,13 @@ def _write_gpt2(cfg: ModelConfig, extra: dict[str, Any]) -> dict[str, Any]:
             f"{cfg.d_attn}, d_model={cfg.d_model}, n_kv_head={cfg.n_kv_head} (grow heads by width=clone instead)")
     return dict(n_layer=cfg.n_layer, n_embd=cfg.d_model, n_head=cfg.n_head, n_inner=cfg.d_ff,
                 vocab_size=cfg.vocab_size, n_positions=cfg.seq_len, layer_norm_epsilon=cfg.norm_eps,
-                tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std)
+                tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
+                resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
 
 
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family("gpt2", "GPT2LMHeadModel", "GPT2Config", _gpt2_keys(), _read_gpt2, _write_gpt2),
+    "gpt2": Family("gpt2", "GPT2LMHeadModel", "GPT2Config", _gpt2_keys(), _read_gpt2, _write_gpt2,
+                   architecture=(("norm", "layernorm"), ("pos", "learned"), ("mlp", "gelu"), ("bias", True))),
     "llama": Family("llama", "LlamaForCausalLM", "LlamaConfig", _llama_keys(), _read_llama, _write_llama,
                     moe_family="mixtral"),
     "mistral": Family("mistral", "MistralForCausalLM", "MistralConfig", _llama_keys(), _read_llama_like,

@@ -118,6 +118,11 @@ class ModelConfig:
         require(self.n_expert <= MAX_SIZES["n_expert"],
                 f"n_expert={self.n_expert} is not allowed; it must be at most {MAX_SIZES['n_expert']}")
         require(self.moe_aux_loss_coef >= 0, f"moe_aux_loss_coef={self.moe_aux_loss_coef} must be >= 0")
+        require(1 <= self.moe_top_k <= MAX_SIZES["n_expert"],
+                f"moe_top_k={self.moe_top_k} is not allowed; it must be from 1 to {MAX_SIZES['n_expert']}")
+        for name, most in MAX_FLOATS.items():
+            value = getattr(self, name)
+            require(value <= most, f"{name}={value!r} is not allowed; it must be at most {most:g}")
         require(
             self.n_head % self.n_kv_head == 0,
             f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head} (grouped-query attention)",
@@ -195,6 +200,10 @@ class ModelConfig:
 # value (1e11 layers) is refused here instead of exhausting memory in an allocation.
 MAX_SIZES = {"n_layer": 4096, "d_model": 1 << 16, "n_head": 4096, "head_dim": 4096, "n_kv_head": 4096,
              "d_ff": 1 << 20, "vocab_size": 1 << 32, "seq_len": 1 << 20, "n_expert": 4096}
+
+
+# Upper bounds of the float settings, far above any useful value: 1e30 is a typo, not a setting.
+MAX_FLOATS = {"norm_eps": 1.0, "rope_base": 1e12, "rope_scale": 1e6, "init_std": 10.0, "moe_aux_loss_coef": 1e6}
 
 
 def _is_int(value: Any) -> bool:

@@ -50,10 +50,10 @@ class IsoFlopResult:
     k_d: float | None
 
     def n_opt(self, flops):
-        return None if self.a is None else self.k_n * np.power(flops, self.a)
+        return None if self.a is None else power_value(self.k_n, self.a, flops)
 
     def d_opt(self, flops):
-        return None if self.b is None else self.k_d * np.power(flops, self.b)
+        return None if self.b is None else power_value(self.k_d, self.b, flops)
 
 
 def group_budgets(flops: np.ndarray, rtol: float = DEFAULT_RTOL) -> list[np.ndarray]:
@@ -94,9 +94,20 @@ def budget_layout_problem(flops: np.ndarray, n_params: np.ndarray, rtol: float =
     return None
 
 
+# exp() of at most this stays finite in float64: power laws of degenerate fits (two budgets, a bootstrap
+# resample with a vertical profile) saturate at ~1e304 instead of overflowing with a RuntimeWarning.
+_LOG_MAX = 700.0
+
+
+def power_value(k, a, x):
+    """``k * x**a`` evaluated in log space, saturating instead of overflowing (k > 0, x > 0)."""
+    log = np.log(np.asarray(k, dtype=float)) + np.asarray(a, dtype=float) * np.log(np.asarray(x, dtype=float))
+    return np.exp(np.clip(log, -_LOG_MAX, _LOG_MAX))
+
+
 def _power_law(flops: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     slope, intercept = np.polyfit(np.log(flops), np.log(values), 1)
-    return float(slope), float(np.exp(intercept))
+    return float(slope), float(np.exp(np.clip(intercept, -_LOG_MAX, _LOG_MAX)))
 
 
 def fit_isoflop(

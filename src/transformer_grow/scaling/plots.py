@@ -22,6 +22,7 @@ import numpy as np
 
 from transformer_grow.io import atomic_write_bytes
 from transformer_grow.scaling.analysis import ScalingAnalysis
+from transformer_grow.scaling.isoflop import power_value
 from transformer_grow.scaling.predict import prediction_interval, safe_log
 
 MAX_LEGEND_BUDGETS = 8
@@ -160,7 +161,10 @@ def _isoflop_plot(plt, analysis: ScalingAnalysis):
         right.plot(cs, iso.n_opt(cs), color="C0", label=f"Approach 2: N_opt ~ C^{iso.a:.3f}")
         boot = analysis.bootstrap
         if boot is not None and boot.isoflop is not None:
-            curves = boot.isoflop["k_n"][:, None] * np.power(cs[None, :], boot.isoflop["a"][:, None])
+            curves = power_value(boot.isoflop["k_n"][:, None], boot.isoflop["a"][:, None], cs[None, :])
+            # a degenerate resample can saturate near 1e304: keep the band within 100x of the fitted line
+            line = np.asarray(iso.n_opt(cs), dtype=float)
+            curves = np.clip(curves, line.min() / 100.0, line.max() * 100.0)
             band = _band(curves, analysis.options.level)
             if band:
                 right.fill_between(cs, *band, color="C0", alpha=0.15)

@@ -65,7 +65,9 @@ class PowerLawParams:
         )
 
     def loss(self, x):
-        return self.E + self.A / np.power(x, self.alpha)
+        # A * x^-alpha in log space: a bootstrap resample with an extreme exponent saturates, never overflows
+        log = np.log(np.maximum(self.A, 1e-300)) - self.alpha * np.log(x)
+        return self.E + np.exp(np.clip(log, -700.0, 700.0))
 
     def as_dict(self) -> dict[str, float]:
         return {"E": float(self.E), "A": float(self.A), "alpha": float(self.alpha)}

@@ -67,4 +67,9 @@ def standard_error(samples) -> float | None:
     """Standard deviation of the finite bootstrap samples; None with fewer than two."""
     samples = np.asarray(samples, dtype=float).ravel()
     samples = samples[np.isfinite(samples)]
-    return float(np.std(samples, ddof=1)) if samples.size >= 2 else None
+    if samples.size < 2:
+        return None
+    scale = float(np.max(np.abs(samples)))
+    if scale == 0.0:
+        return 0.0
+    return scale * float(np.std(samples / scale, ddof=1))  # scaled: saturated samples (~1e304) do not overflow

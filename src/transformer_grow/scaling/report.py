@@ -19,6 +19,7 @@ from transformer_grow.io import atomic_write_json, atomic_write_text
 from transformer_grow.scaling.analysis import ScalingAnalysis
 from transformer_grow.scaling.bootstrap import interval
 from transformer_grow.scaling.chinchilla import PARAM_NAMES
+from transformer_grow.scaling.isoflop import power_value
 from transformer_grow.scaling.predict import prediction_interval, safe_log, standard_error
 from transformer_grow.scaling.report_text import fit_markdown, short_summary
 
@@ -67,6 +68,11 @@ def _approach3_row(analysis: ScalingAnalysis, u: _Uncertainty, flops: float) -> 
     return row
 
 
+def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """``top / bottom`` of positive, saturated power-law values, in log space (no overflow)."""
+    return np.exp(np.clip(np.log(top) - np.log(bottom), -700.0, 700.0))
+
+
 def _approach2_row(analysis: ScalingAnalysis, u: _Uncertainty, flops: float) -> dict[str, Any] | None:
     iso = analysis.isoflop
     if iso is None or iso.a is None:
@@ -76,9 +82,10 @@ def _approach2_row(analysis: ScalingAnalysis, u: _Uncertainty, flops: float) -> 
            "extrapolated": bool(flops > max(p.flops for p in iso.profiles) * 1.5)}
     samples = u.boot.isoflop if u.boot else None
     if samples is not None:
-        s_n = samples["k_n"] * np.power(flops, samples["a"])
-        s_d = samples["k_d"] * np.power(flops, samples["b"])
-        for name, s in (("N_opt", s_n), ("D_opt", s_d), ("tokens_per_param", s_d / s_n)):
+        s_n = power_value(samples["k_n"], samples["a"], flops)
+        s_d = power_value(samples["k_d"], samples["b"], flops)
+        ratio = _ratio(s_d, s_n)  # D_opt / N_opt
+        for name, s in (("N_opt", s_n), ("D_opt", s_d), ("tokens_per_param", ratio)):
             row["ci"][name], row["se"][name] = u.ci(s), u.se(s)
     return row
 

@@ -27,6 +27,10 @@ MAX_COUNTS = {"batch_size": 1 << 24, "grad_accum": 1 << 24, "eval_windows": 1 <<
               "log_interval": 10**12, "ckpt_interval": 10**12, "seed": 2**63 - 1}
 
 
+MAX_LR = 1e6  # also of weight_decay: far above any that trains; 1e30 is a typo
+MAX_GRAD_CLIP = 1e12
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -156,18 +160,20 @@ class TrainConfig:
         if self.eval_batch_size is not None:
             require(_is_int(self.eval_batch_size) and self.eval_batch_size >= 1,
                     f"eval_batch_size={self.eval_batch_size!r} is not allowed; it must be an integer >= 1 (or unset)")
-        require(_is_number(self.lr) and self.lr > 0, f"lr={self.lr!r} is not allowed; it must be a number > 0")
+        require(_is_number(self.lr) and 0 < self.lr <= MAX_LR,
+                f"lr={self.lr!r} is not allowed; it must be a number > 0 and at most {MAX_LR:g}")
         require(_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
                 f"min_lr_ratio={self.min_lr_ratio!r} is not allowed; it must lie in [0, 1]")
         require(_is_number(self.decay_frac) and 0 < self.decay_frac <= 1,
                 f"decay_frac={self.decay_frac!r} is not allowed; it must lie in (0, 1]")
-        require(_is_number(self.weight_decay) and self.weight_decay >= 0,
-                f"weight_decay={self.weight_decay!r} is not allowed; it must be a number >= 0")
+        require(_is_number(self.weight_decay) and 0 <= self.weight_decay <= MAX_LR,
+                f"weight_decay={self.weight_decay!r} is not allowed; it must be a number from 0 to {MAX_LR:g}")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             require(_is_number(value) and 0 <= value < 1, f"{name}={value!r} is not allowed; it must lie in [0, 1)")
-        require(_is_number(self.grad_clip) and self.grad_clip >= 0,
-                f"grad_clip={self.grad_clip!r} is not allowed; it must be a number >= 0 (0 disables clipping)")
+        require(_is_number(self.grad_clip) and 0 <= self.grad_clip <= MAX_GRAD_CLIP,
+                f"grad_clip={self.grad_clip!r} is not allowed; it must be a number from 0 (no clipping) to "
+                f"{MAX_GRAD_CLIP:g}")
         choice("schedule", self.schedule, SCHEDULES)
         choice("device", self.device, DEVICES)
         choice("dtype", self.dtype, DTYPES)

@@ -1,0 +1,275 @@
+"""The seed API: grow a given model to a target size on a budget, with ordinary PyTorch data.
+
+>>> from transformer_grow import GrowthManager
+>>> manager = GrowthManager(model=my_model, strategy="g_stack", target_size="7B", budget="100B tokens")
+>>> large = manager.grow_and_train(train_data=train_loader, eval_data=val_loader)
+
+``model`` is our :class:`~transformer_grow.model.GPT` or a ``transformers`` model of a supported family
+(:mod:`transformer_grow.hf`; converted natively, trained as our GPT, returned as the family's class).
+It is the plan's first stage: trained from its weights, then grown (:func:`seed_plan`).
+
+``target_size``: a parameter count (``"7B"``, ``"350M"``, ``"1.2e8"``), or the target itself (a
+:class:`ModelConfig`, a dict of its fields, a ``transformers`` config). From a count the target is
+derived by one rule for every model (:func:`transformer_grow.model.sizing.target_for_size`): keep the model's
+shape (aspect ratio ``d_model / n_layer``, ``head_dim``, GQA group, FFN ratio) and take the
+architecture whose total parameter count is closest. A size not above the model's is refused, and
+so is one no architecture within :class:`ModelConfig`'s limits reaches.
+
+``budget``: ``"100B tokens"`` (the target trained from scratch on that many tokens: the baseline's
+budget, which every plan shares, in FLOPs by default) or ``"3e21 FLOPs"`` (that many FLOPs: the
+baseline's tokens are the FLOPs over the target's FLOPs per token). A plain integer is tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.growth.accounting import flops_per_token, param_counts
+from transformer_grow.growth.builders import SHORT, PlanOptions, _fractions, shrink
+from transformer_grow.growth.hf_run import check_exportable, gpt_from_hf, hf_target, is_hf_config, is_hf_model
+from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, Stage, describe_config
+from transformer_grow.growth.timing import g_stack_timing
+from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.model.config import check_growth
+
+STRATEGIES = ("g_stack", "compound", "progressive", "adaptive")
+MAX_COUNT = 10**18  # no parameter or token count of any run is larger
+_COUNT = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
+_BUDGET = re.compile(r"^\s*(.+?)\s*(tokens?|flops?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+# Depth operators that repeat blocks a whole number of times; other depths use insert_zero (exact).
+WHOLE_FACTOR_DEPTH = ("stack", "repeat", "interleave")
+
+
+def _number(text: Any) -> float | None:
+    """The value of ``"7B"``, ``"1.2e8"``, ``"350m"``; ``None`` if ``text`` is not such a number."""
+    match = _COUNT.match(text) if isinstance(text, str) else None
+    return float(match.group(1)) * _UNITS[match.group(2).lower()] if match else None
+
+
+def parse_count(text: str | int, what: str) -> int:
+    """``"7B"`` -> 7_000_000_000; ``"350M"``, ``"1.2e8"``, ``"2k"``, ``125000`` likewise (positive)."""
+    value = float(text) if isinstance(text, int) and not isinstance(text, bool) else _number(text)
+    require(value is not None and 1 <= value <= MAX_COUNT,
+            f"{what}={text!r} is not allowed; write a positive number with an optional K, M, B or T suffix "
+            "(e.g. 350M, 7B, 1.2e8), at most 1e18")
+    return int(round(value))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A training budget: ``amount`` tokens or FLOPs."""
+
+    amount: int
+    unit: str  # "tokens" or "flops"
+
+    def baseline_tokens(self, target: ModelConfig) -> int:
+        """The tokens the target trained from scratch gets on this budget (what plans are built on)."""
+        if self.unit == "tokens":
+            return self.amount
+        tokens = round(self.amount / flops_per_token(target))
+        require(tokens >= 1, f"budget of {self.amount:.3g} FLOPs is less than one token of the target "
+                             f"({flops_per_token(target):,} FLOPs per token)")
+        return tokens
+
+
+def parse_budget(budget: str | int) -> Budget:
+    """``"100B tokens"``, ``"2M tokens"``, ``"3e21 FLOPs"``; an integer is tokens."""
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        return Budget(parse_count(budget, "budget"), "tokens")
+    match = _BUDGET.match(budget) if isinstance(budget, str) else None
+    value = _number(match.group(1)) if match else None
+    unit = "tokens" if match and match.group(2).lower().startswith("token") else "flops"
+    most = MAX_COUNT if unit == "tokens" else 1e40  # FLOPs exceed tokens by about 6N
+    require(value is not None and 1 <= value <= most,
+            f"budget={budget!r} is not allowed; write a positive count and a unit, e.g. '100B tokens', '2M tokens' "
+            "or '3e21 FLOPs'")
+    return Budget(int(round(value)), unit)
+
+
+# ------------------------------------------------------------------------------- target
+def derive_target(source: ModelConfig, target_size: Any, seq_len: int | None = None
+                  ) -> tuple[ModelConfig, dict[str, Any] | None]:
+    """The target config for ``target_size`` (module docstring) and, for an HF config, its family."""
+    if isinstance(target_size, ModelConfig):
+        return target_size, None
+    if is_hf_config(target_size):
+        return hf_target(target_size, seq_len or source.seq_len)
+    if isinstance(target_size, dict):
+        return ModelConfig.from_dict({**source.to_dict(), "head_dim": None, "n_kv_head": None, "d_ff": None,
+                                      **target_size}), None
+    n = parse_count(target_size, "target_size")
+    from transformer_grow.model.sizing import count_params, target_for_size
+
+    have = count_params(source)
+    require(n > have, f"target_size={target_size!r} ({n:,} parameters) is not larger than the model ({have:,}); "
+                      "growth needs a larger target")
+    try:
+        return target_for_size(source, n), None
+    except ConfigError as e:  # the rule ran past a size limit of ModelConfig
+        raise ConfigError(f"target_size={target_size!r} ({n:,} parameters): no architecture of this model's shape "
+                          f"reaches it within the model limits ({e})") from None
+
+
+# --------------------------------------------------------------------------------- plan
+def _event(options: PlanOptions, old: ModelConfig, new: ModelConfig, notes: list[str]) -> GrowthEvent:
+    """``options.event(old, new)`` with operators that can make this step: a depth that is not a whole
+    multiple takes ``insert_zero``, a width that is not takes ``zero_pad`` (both exact for RMSNorm;
+    noted in the plan)."""
+    event = options.event(old, new)
+    method, extra = event.method, dict(event.options)
+    if method in WHOLE_FACTOR_DEPTH and new.n_layer % old.n_layer:
+        notes.append(f"depth {old.n_layer} -> {new.n_layer} is not a whole multiple: insert_zero instead of {method}")
+        method = "insert_zero"
+    if extra.get("width") == "clone" and new.d_model % old.d_model:
+        notes.append(f"width {old.d_model} -> {new.d_model} is not a whole multiple: zero_pad instead of clone")
+        extra["width"] = "zero_pad"
+    return dataclasses.replace(event, method=method, options=extra)
+
+
+def _grows_into(old: ModelConfig, new: ModelConfig) -> bool:
+    try:
+        check_growth(old, new)
+        return True
+    except ConfigError:
+        return False
+
+
+def _middle_stages(strategy: str, target: ModelConfig, options: PlanOptions) -> list[tuple[ModelConfig | None, str]]:
+    """The built-in plan's stages between its first and the target (``None`` where the target does not
+    divide by the stage's factors)."""
+    if strategy == "progressive":
+        factors = [{"depth": 2 ** (options.progressive_steps - i)} for i in range(1, options.progressive_steps)]
+    elif strategy == "compound":
+        factors = options.compound_stages[1:]
+    else:
+        return []
+    stages = []
+    for f in factors:
+        try:
+            stages.append((shrink(target, **f), ",".join(f"{SHORT[k]}/{v}" for k, v in f.items())))
+        except ConfigError:
+            stages.append((None, ",".join(f"{SHORT[k]}/{v}" for k, v in f.items())))
+    return stages
+
+
+def seed_plan(strategy: str, source: ModelConfig, target: ModelConfig, budget_tokens: int,
+              options: PlanOptions | None = None) -> GrowthPlan:
+    """The built-in plan ``strategy`` into ``target`` with ``source`` as its first stage.
+
+    The stages' token shares, G_stack's timing and the adaptive trigger are the built-in plan's
+    (:mod:`~transformer_grow.growth.builders`); its first stage's model is ``source``. A middle stage
+    (``progressive``, ``compound``) that ``source`` cannot grow into (smaller in some size, e.g. a
+    compound stage with a shorter context) is dropped and its tokens go to the stage before it.
+    Growth events are built for the actual neighbours (:func:`_event`).
+    """
+    choice("strategy", strategy, STRATEGIES)
+    options = options or PlanOptions()
+    options.validate()
+    require(_grows_into(source, target), f"the model cannot grow into the target: {describe_config(source)} -> "
+                                         f"{describe_config(target)} (growth keeps the architecture and shrinks "
+                                         "nothing); give a larger target of the same family")
+    notes: list[str] = []
+    if strategy == "g_stack":
+        timing = g_stack_timing(param_counts(target)[0], budget_tokens, options.max_fraction, options.growth_fraction)
+        first_tokens, trigger, middle, shares = timing.growth_tokens, None, [], []
+        notes += timing.explain()
+    elif strategy == "adaptive":
+        first_tokens, trigger, middle, shares = None, options.trigger, [], []
+    else:
+        middle = _middle_stages(strategy, target, options)
+        shares = [max(1, round(f * budget_tokens)) for f in _fractions(options, len(middle) + 1)]
+        first_tokens, trigger, shares = shares[0], None, shares[1:]
+    stages = [Stage(source, tokens=first_tokens, trigger=trigger, name=f"model L={source.n_layer}")]
+    for (config, name), tokens in zip(middle, shares):
+        if config is not None and _grows_into(stages[-1].model, config) and _grows_into(config, target):
+            stages.append(Stage(config, tokens=tokens, growth=_event(options, stages[-1].model, config, notes),
+                                name=name))
+        else:
+            notes.append(f"stage {name} dropped: the model does not grow into it; its tokens stay with the stage "
+                         "before")
+            stages[-1] = dataclasses.replace(stages[-1], tokens=stages[-1].tokens + tokens)
+    stages.append(Stage(target, growth=_event(options, stages[-1].model, target, notes), name="target"))
+    notes.append(f"{strategy} from the given model ({describe_config(source)}, {param_counts(source)[0]:,} "
+                 "parameters, trained from its weights)")
+    plan = GrowthPlan(strategy, stages, budget_tokens, options.budget_mode, notes=notes)
+    plan.validate()
+    return plan
+
+
+# -------------------------------------------------------------------------------- setup
+@dataclass
+class SeedSetup:
+    """What the seed API derived before training: the plan, the first model and its family."""
+
+    plan: GrowthPlan
+    initial: GPT  # the first stage's weights, fp32 (never trained in place)
+    family: dict[str, Any] | None  # the HF family record of an HF model or target
+    lines: list[str]  # what was derived, shown before training
+
+
+def prepare_seed(model: Any, strategy: str, target_size: Any, budget: Any, options: PlanOptions | None,
+                 seq_len: int | None = None) -> SeedSetup:
+    """Resolve the seed API's arguments (module docstring), refusing bad ones before any work."""
+    choice("strategy", strategy, STRATEGIES)
+    require(target_size is not None and budget is not None,
+            "model= needs target_size= (e.g. '350M') and budget= (e.g. '2B tokens')")
+    parsed_budget = parse_budget(budget)
+    if is_hf_model(model):
+        initial, family = gpt_from_hf(model, seq_len)
+    elif isinstance(model, GPT):
+        require(seq_len in (None, model.config.seq_len),
+                f"seq_len={seq_len} is not allowed for our GPT: its seq_len is {model.config.seq_len}")
+        initial, family = model, None
+    else:
+        raise ConfigError(f"model must be our GPT or a transformers model of a supported family; got "
+                          f"{type(model).__name__}")
+    source = initial.config
+    target, target_family = derive_target(source, target_size, seq_len)
+    if target_family is not None:
+        require(family is None or family["family"] == target_family["family"],
+                f"the model is {family and family['family']}, the target config {target_family['family']}: "
+                "growth keeps the family")
+        family = target_family
+    if family is not None:
+        check_exportable(target, family)
+    budget_tokens = parsed_budget.baseline_tokens(target)
+    plan = seed_plan(strategy, source, target, budget_tokens, options)
+    n_target = param_counts(target)[0]
+    fpt = flops_per_token(target)
+    lines = [f"model: {describe_config(source)}, {param_counts(source)[0]:,} parameters"
+             + (f" ({family['hf_class']})" if family else ""),
+             f"target ({target_size if isinstance(target_size, (str, int)) else 'given'}): {describe_config(target)}, "
+             f"{n_target:,} parameters, {fpt:,} FLOPs/token",
+             f"budget: {budget_tokens:,} tokens of the target trained from scratch = {budget_tokens * fpt:.4g} FLOPs "
+             f"({plan.budget_mode} held equal)", *plan.notes]
+    return SeedSetup(plan, initial, family, lines)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A cheap identity of a model's weights (names, shapes, sums) for a run's fingerprint."""
+    import hashlib
+
+    with torch.no_grad():
+        parts = [f"{name}:{tuple(p.shape)}:{float(p.double().sum()):.10e}:{float(p.double().abs().sum()):.10e}"
+                 for name, p in model.named_parameters()]
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
+
+
+def batch_sources(train_data: Any, eval_data: Any, target: ModelConfig, eval_windows: int) -> tuple[Any, Any]:
+    """``(train, eval)`` as :meth:`GrowthManager.run` takes them: our token data and window tensors pass
+    through; other iterables of token batches are read by :class:`~transformer_grow.data.iterable.IterableTokens`
+    (which then also serves the validation windows)."""
+    from transformer_grow.data.iterable import IterableTokens
+
+    if not hasattr(train_data, "batch"):
+        return IterableTokens(train_data, target.vocab_size, eval_data=eval_data), None
+    if eval_data is not None and not isinstance(eval_data, torch.Tensor) and not hasattr(eval_data, "val_windows"):
+        eval_data = IterableTokens(eval_data, target.vocab_size).val_windows(target.seq_len, eval_windows)
+    return train_data, eval_data
