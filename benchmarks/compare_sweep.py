@@ -32,7 +32,7 @@ from transformer_grow.compare.report import loss_at, speedup
 from transformer_grow.compare.run import compare_preset
 from transformer_grow.compare.stats import INTERVAL_METHOD, NO_INTERVAL, fmt, summarize
 from transformer_grow.data import prepare_data
-from transformer_grow.growth.builders import PlanOptions, build_plan, small_only_model, small_only_plan
+from transformer_grow.growth.builders import build_plan, small_only_model, small_only_plan
 from transformer_grow.growth.manager import GrowthManager
 from transformer_grow.io import atomic_write_json
 
@@ -59,12 +59,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "compound_f50": ("compound", {"growth_fraction": 0.5}),
     "progressive_f50": ("progressive", {"growth_fraction": 0.5}),
     "adaptive": ("adaptive", {"growth_factor": 2}),
+    # function- vs dynamics-preserving growth: only width cloning and FFN splitting store weights as W/k,
+    # so the comparison is on width growth (depth stacking copies whole blocks: nothing to rescale)
+    "width_f50_dynamics": ("compound", {"compound_stages": [{"width": 2}], "growth_fraction": 0.5,
+                                         "preserve": "dynamics"}),
+    "width_f50_dynamics_w100": ("compound", {"compound_stages": [{"width": 2}], "growth_fraction": 0.5,
+                                              "preserve": "dynamics", "dynamics_relax": "window:100"}),
+    "width_f50_dynamics_now": ("compound", {"compound_stages": [{"width": 2}], "growth_fraction": 0.5,
+                                             "preserve": "dynamics", "dynamics_relax": "immediate"}),
 }
-if "preserve" in {f.name for f in dataclasses.fields(PlanOptions)}:  # function- or dynamics-preserving growth
-    VARIANTS["g2_f50_preserve_function"] = ("g_stack", {"growth_factor": 2, "growth_fraction": 0.5,
-                                                        "preserve": "function"})
-    VARIANTS["g2_f50_preserve_dynamics"] = ("g_stack", {"growth_factor": 2, "growth_fraction": 0.5,
-                                                        "preserve": "dynamics"})
 
 
 def _seeds(text: str) -> list[int]:

@@ -48,3 +48,30 @@ def test_a_plan_rerun_after_a_kill_before_the_first_checkpoint_starts_fresh_metr
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train_loss" in r]
     assert len(steps) == len(set(steps))
     assert 9.9 not in [r.get("train_loss") for r in read_metrics(out / "metrics.jsonl")]
+
+
+def test_first_record_after_resume_averages_the_same_steps(tmp_path):
+    """Checkpoint at step 6, records every 4 steps: the step-8 record of the resumed run averages
+    steps 5-8 like the uninterrupted run's, not only 7-8."""
+    import numpy as np
+    import pytest as _pytest
+
+    from transformer_grow.data import TokenData
+    from transformer_grow.model import preset
+    from transformer_grow.train import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 64, size=20_000).astype(np.int64)
+    data = TokenData(train=tokens[:18_000], val=tokens[18_000:], vocab_size=64)
+    model = preset("micro", vocab_size=64, n_layer=1, d_model=32, n_head=2, seq_len=16)
+    config = TrainConfig(batch_size=4, max_steps=10, lr=3e-3, warmup_steps=2, log_interval=4, eval_interval=0,
+                         ckpt_interval=6, device="cpu")
+    whole = Trainer(model, config, data, out_dir=tmp_path / "whole")
+    whole.fit()
+    first = Trainer(model, config, data, out_dir=tmp_path / "cut")
+    first.train_steps(6)  # checkpoint at step 6, mid-window
+    resumed = Trainer.resume(tmp_path / "cut", data)
+    resumed.fit()
+    loss_at = {r["step"]: r["train_loss"] for r in whole.history if r.get("train_loss") is not None}
+    resumed_at = {r["step"]: r["train_loss"] for r in resumed.history if r.get("train_loss") is not None}
+    assert resumed_at[8] == _pytest.approx(loss_at[8], rel=1e-6)

@@ -440,6 +440,9 @@ class Trainer:
             "last_train_loss": self.last_train_loss, "last_val_loss": self.last_val_loss,
             "evaluated_at": self._evaluated_at,
             "extra": self._driver_state,
+            # the steps since the last metrics record, so the first record after a resume averages the
+            # same steps as the uninterrupted run's
+            "log_window": dict(self._window),
         }
         return Checkpoint(model_config=self.model.config, block_keys=self.model.block_keys,
                           model_state=model_state, optimizer_state=optimizer_state, train_state=train_state,
@@ -505,5 +508,8 @@ class Trainer:
         if state.get("evaluated_at") == trainer.step:
             trainer._evaluated_at = trainer.step
         trainer._reset_window()
+        window = state.get("log_window")
+        if isinstance(window, dict) and set(window) == set(trainer._window):
+            trainer._window = {k: (float(v) if k in ("loss", "seconds", "lr") else int(v)) for k, v in window.items()}
         restore_rng_state(state.get("rng"))
         return trainer
