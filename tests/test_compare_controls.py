@@ -131,3 +131,16 @@ def test_regime_prints_n_opt_and_warns_when_the_target_is_too_large():
 def test_bad_compute_optimal_law_is_refused(law, message):
     with pytest.raises(ConfigError, match=message):
         law.validate()
+
+
+def test_a_difference_within_seed_noise_gets_no_verdict():
+    """Three seeds: g_stack is clearly better than the baseline, but its lead over the control flips
+    sign between seeds, so the report says there is no verdict against the control."""
+    report = synthetic_report({"scratch": [3.0, 3.1, 3.05], "small-only:L1": [2.5, 2.7, 2.6],
+                               "g_stack": [2.45, 2.75, 2.58], "compound": [2.9, 3.0, 2.95],
+                               "progressive": [3.3, 3.4, 3.35]})
+    lines = report["verdicts"]["g_stack"]["lines"]
+    assert report["verdicts"]["g_stack"]["vs_baseline"]["clear"] is True
+    assert report["verdicts"]["g_stack"]["vs_control"]["clear"] is False
+    assert lines[-1].startswith("No verdict against small-only:L1: the 90% interval")
+    assert not any("No verdict" in line for line in report["verdicts"]["compound"]["lines"])

@@ -137,6 +137,10 @@ def verdicts(equal: dict[Any, dict[str, float | None]], methods: list[Method]) -
             else:
                 lines.append(f"A smaller model is a better use of this budget than growing it: {m.control} trained "
                              f"alone ends lower than {m.name} (the baseline beats both).")
+        noisy = [other for other, d in ((BASELINE, base), (m.control, ctrl)) if d["clear"] is False]
+        if noisy:
+            lines.append(f"No verdict against {' and '.join(noisy)}: the 90% interval of {m.name}'s loss difference "
+                         "includes 0 (within seed noise); more seeds would be needed.")
         entry["lines"] = lines
         out[m.name] = entry
     return out
