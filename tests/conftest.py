@@ -18,3 +18,25 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TGROW_CACHE", str(tmp_path_factory.getbasetemp() / "tgrow-cache"))
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def trained_cli_run(tmp_path_factory):
+    """A 3-step `tgrow train` run (checkpoint and corpus under the returned root), once per module."""
+    from reliability_helpers import train_args
+
+    from transformer_grow.cli.main import main
+
+    root = tmp_path_factory.mktemp("trained")
+    assert main([*train_args(root, 3), "--out", str(root / "run")]) == 0
+    return root
+
+
+@pytest.fixture
+def cli_run_copy(trained_cli_run, tmp_path):
+    """A private copy of :func:`trained_cli_run`'s run directory (and its corpus) to damage."""
+    import shutil
+
+    shutil.copytree(trained_cli_run / "run", tmp_path / "run")
+    shutil.copytree(trained_cli_run / "corpus", tmp_path / "corpus")
+    return tmp_path / "run"

@@ -4,13 +4,10 @@ by every command that reads checkpoints, before any data preparation or training
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from reliability_helpers import assert_refused, tgrow, train_args
-
-from transformer_grow.cli.main import main
+from reliability_helpers import assert_refused, tgrow
 
 COMMANDS = {
     "resume": lambda ckpt, root: ["train", "--resume", ckpt, "--max-steps", "6", "--no-progress"],
@@ -18,20 +15,6 @@ COMMANDS = {
     "sample": lambda ckpt, root: ["sample", ckpt, "--max-new-tokens", "2", "--device", "cpu", "--no-progress"],
     "grow": lambda ckpt, root: ["grow", ckpt, "--to", "tiny", "--method", "stack", "--out", root / "grown"],
 }
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trained")
-    assert main([*train_args(root, 3), "--out", str(root / "run")]) == 0
-    return root
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    shutil.copytree(trained / "run", tmp_path / "run")
-    shutil.copytree(trained / "corpus", tmp_path / "corpus")
-    return tmp_path / "run"
 
 
 def edit_state(run: Path, change) -> None:
@@ -81,27 +64,27 @@ CORRUPTIONS = {"truncated weights": (truncate, "model.safetensors"), "garbage we
 
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
-def test_resume_refuses_a_corrupted_checkpoint_in_one_line(corruption, run_copy, capsys):
+def test_resume_refuses_a_corrupted_checkpoint_in_one_line(corruption, cli_run_copy, capsys):
     damage, file = CORRUPTIONS[corruption]
-    damage(run_copy)
-    before = sorted(p.name for p in run_copy.iterdir())
-    err = assert_refused(tgrow(capsys, *COMMANDS["resume"](run_copy, run_copy.parent)), file)
+    damage(cli_run_copy)
+    before = sorted(p.name for p in cli_run_copy.iterdir())
+    err = assert_refused(tgrow(capsys, *COMMANDS["resume"](cli_run_copy, cli_run_copy.parent)), file)
     assert "damaged" in err or "not a readable" in err
-    assert sorted(p.name for p in run_copy.iterdir()) == before
+    assert sorted(p.name for p in cli_run_copy.iterdir()) == before
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_checkpoint_reader_refuses_it(command, run_copy, capsys):
-    truncate(run_copy)
-    assert_refused(tgrow(capsys, *COMMANDS[command](run_copy, run_copy.parent)), "model.safetensors", "damaged")
-    assert not (run_copy.parent / "grown").exists()
+def test_every_checkpoint_reader_refuses_it(command, cli_run_copy, capsys):
+    truncate(cli_run_copy)
+    assert_refused(tgrow(capsys, *COMMANDS[command](cli_run_copy, cli_run_copy.parent)), "model.safetensors", "damaged")
+    assert not (cli_run_copy.parent / "grown").exists()
 
 
-def test_legacy_checkpoint_without_manifest_still_gets_structural_checks(run_copy, capsys):
-    ckpt = run_copy / "checkpoint"
+def test_legacy_checkpoint_without_manifest_still_gets_structural_checks(cli_run_copy, capsys):
+    ckpt = cli_run_copy / "checkpoint"
     (ckpt / "manifest.json").unlink()
-    edit_state(run_copy, lambda s: s.update(version=1))
-    assert tgrow(capsys, *COMMANDS["eval"](run_copy, run_copy.parent))[0] == 0
-    d_model(run_copy)
-    assert_refused(tgrow(capsys, *COMMANDS["eval"](run_copy, run_copy.parent)), "model.safetensors",
+    edit_state(cli_run_copy, lambda s: s.update(version=1))
+    assert tgrow(capsys, *COMMANDS["eval"](cli_run_copy, cli_run_copy.parent))[0] == 0
+    d_model(cli_run_copy)
+    assert_refused(tgrow(capsys, *COMMANDS["eval"](cli_run_copy, cli_run_copy.parent)), "model.safetensors",
                    "does not fit the model")
