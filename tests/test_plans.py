@@ -6,7 +6,7 @@ import pytest
 
 from transformer_grow.errors import ConfigError
 from transformer_grow.growth.builders import PLAN_NAMES, PlanOptions, build_plan, shrink
-from transformer_grow.growth.manager import check_growth_events
+from transformer_grow.growth.event import check_growth_events
 from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, PlateauTrigger, Stage
 from transformer_grow.growth.timing import GrowthTimingWarning, g_stack_log10_tokens, g_stack_timing
 from transformer_grow.model import preset

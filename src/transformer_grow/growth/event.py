@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 import transformer_grow.grow as growing  # looked up at call time: tests and tools may substitute grow()
-from transformer_grow.errors import choice, require
-from transformer_grow.growth.plan import OPTIMIZER_POLICIES
+import transformer_grow.grow.steps as growing_steps
+from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.growth.plan import OPTIMIZER_POLICIES, GrowthPlan
 from transformer_grow.model import ModelConfig
 from transformer_grow.train.trainer import Trainer
 
@@ -54,3 +55,19 @@ def grow_trainer(trainer: Trainer, target: ModelConfig | dict | str, method: str
                           rewarmup_steps=rewarmup_steps, batch_size=batch_size,
                           lr_multipliers=None if handed is None else handed.lr_multipliers, relax=dynamics_relax)
     return result
+
+
+def check_growth_events(plan: GrowthPlan) -> None:
+    """Check every growth event's operator and options against :func:`transformer_grow.grow.grow`
+    (dry run: nothing is built; its planning runs the one growth check,
+    :func:`~transformer_grow.model.config.check_growth`), so a bad choice fails before any training."""
+    for i, stage in enumerate(plan.stages[1:], start=1):
+        event, where = stage.growth, f"plan {plan.name!r}, {stage.label(i)}"
+        options = dict(event.options)
+        dims = {d: options.pop(d) for d in list(options) if d in growing_steps.CHOICES}
+        noise, noise_std = options.pop("noise", "none"), options.pop("noise_std", 1e-3)
+        try:
+            choices = growing_steps.resolve_choices(event.method, {d: dims.get(d) for d in growing_steps.CHOICES})
+            growing_steps.plan_steps(plan.stages[i - 1].model, stage.model, choices, options, noise, noise_std)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None

@@ -67,7 +67,7 @@ from transformer_grow.growth.accounting import (
 )
 from transformer_grow.growth.budget import BudgetSchedule, evaluate_fixed_windows
 from transformer_grow.growth.builders import PlanOptions, build_plan
-from transformer_grow.growth.event import grow_trainer
+from transformer_grow.growth.event import check_growth_events, grow_trainer
 from transformer_grow.growth.hf_run import FAMILY_KEY, hf_target, is_hf_config, to_hf_model
 from transformer_grow.growth.plan import GrowthPlan, describe_config
 from transformer_grow.growth.record import EvalPoint, RunRecord
@@ -105,24 +105,6 @@ class GrowthRunResult:
     @property
     def final_val_loss(self) -> float:
         return self.record.final_val_loss
-
-
-def check_growth_events(plan: GrowthPlan) -> None:
-    """Check every growth event's operator and options against :func:`transformer_grow.grow.grow`
-    (dry run: nothing is built; its planning runs the one growth check,
-    :func:`~transformer_grow.model.config.check_growth`), so a bad choice fails before any training."""
-    from transformer_grow.grow.composite import CHOICES, plan_steps, resolve_choices
-
-    for i, stage in enumerate(plan.stages[1:], start=1):
-        event, where = stage.growth, f"plan {plan.name!r}, {stage.label(i)}"
-        options = dict(event.options)
-        dims = {d: options.pop(d) for d in list(options) if d in CHOICES}
-        noise, noise_std = options.pop("noise", "none"), options.pop("noise_std", 1e-3)
-        try:
-            choices = resolve_choices(event.method, {d: dims.get(d) for d in CHOICES})
-            plan_steps(plan.stages[i - 1].model, stage.model, choices, options, noise, noise_std)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
 
 
 class GrowthManager:
