@@ -21,11 +21,13 @@ def decays(param: nn.Parameter) -> bool:
     return param.dim() >= 2
 
 
-def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:
+def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer,
+                            copy=torch.Tensor.clone) -> dict[str, dict[str, torch.Tensor]]:
     """``{param name: {"exp_avg", "exp_avg_sq", "step"}}`` for every parameter that has state.
 
-    Tensors are detached copies on the parameters' device. Parameters the optimizer has not
-    stepped yet have no entry.
+    Tensors are ``copy(detached tensor)`` (default: a clone on the parameter's device; a distributed
+    wrapper passes one that gathers shards), taken in parameter order. Parameters the optimizer has
+    not stepped yet have no entry.
     """
     result: dict[str, dict[str, torch.Tensor]] = {}
     for name, param in model.named_parameters():
@@ -35,7 +37,7 @@ def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) 
         missing = [k for k in STATE_KEYS if k not in state]
         if missing:
             raise ValueError(f"optimizer state of {name} lacks {missing}; only AdamW without amsgrad is supported")
-        result[name] = {k: torch.as_tensor(state[k]).detach().clone() for k in STATE_KEYS}
+        result[name] = {k: copy(torch.as_tensor(state[k]).detach()) for k in STATE_KEYS}
     return result
 
 

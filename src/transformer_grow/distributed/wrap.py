@@ -45,7 +45,7 @@ from transformer_grow.distributed.guard import (
 )
 from transformer_grow.errors import choice
 from transformer_grow.model import GPT
-from transformer_grow.optim_state import STATE_KEYS, StateByName, load_optimizer_state_by_name
+from transformer_grow.optim_state import STATE_KEYS, StateByName, load_optimizer_state_by_name, optimizer_state_by_name
 
 STRATEGIES = ("ddp", "fsdp")
 WRAPPER_NAMES = {"ddp": "DistributedDataParallel", "fsdp": "FSDP2 (fully_shard)"}
@@ -150,21 +150,13 @@ class DistributedModel:
         self._require_live()
         if self.strategy == "ddp" and main_only and not self.env.is_main:
             return {}  # no collective under DDP: the other ranks need not copy anything
-        state: StateByName = {}
-        for name, param in self.local.named_parameters():
-            entry = optimizer.state.get(param)
-            if not entry:
-                continue
-            missing = [k for k in STATE_KEYS if k not in entry]
-            if missing:
-                raise ValueError(f"optimizer state of {name} lacks {missing}; only AdamW without amsgrad is supported")
-            full = {}
-            for key in STATE_KEYS:
-                value = torch.as_tensor(entry[key]).detach()
-                if _is_dtensor(value):
-                    value = value.full_tensor()  # all-gather: every rank takes part
-                full[key] = value.cpu().clone() if main_only else value.clone()
-            state[name] = full
+
+        def full_copy(value: torch.Tensor) -> torch.Tensor:
+            if _is_dtensor(value):
+                value = value.full_tensor()  # all-gather: every rank takes part
+            return value.cpu().clone() if main_only else value.clone()
+
+        state = optimizer_state_by_name(self.local, optimizer, copy=full_copy)
         if main_only and not self.env.is_main:
             return {}
         return state
