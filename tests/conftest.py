@@ -40,3 +40,13 @@ def cli_run_copy(trained_cli_run, tmp_path):
     shutil.copytree(trained_cli_run / "run", tmp_path / "run")
     shutil.copytree(trained_cli_run / "corpus", tmp_path / "corpus")
     return tmp_path / "run"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test (restored after): tiny models gain nothing from threads, and on
+    a shared 2-core machine spinning OpenMP threads slow end-to-end runs down by an order of magnitude."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

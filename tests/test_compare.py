@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from transformer_grow.cli.main import main
 from transformer_grow.compare.report import EvalPoint, build_report, crossing, loss_at, speedup
@@ -15,20 +14,13 @@ from transformer_grow.growth.builders import PlanOptions
 from transformer_grow.model import preset
 from transformer_grow.train.config import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # micro models: threads only slow a shared CPU
 
 def curve(*points):
     """Points ``(flops, wall, tokens, loss)``."""
     return [EvalPoint(i, int(t), float(f), float(w), float(loss)) for i, (f, w, t, loss) in enumerate(points)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning
-    # OpenMP threads slow these end-to-end runs down by an order of magnitude.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 BASE = curve((0, 0, 0, 5.0), (100, 10, 1000, 4.0), (200, 20, 2000, 3.0))

@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from transformer_grow.cli.main import main
 from transformer_grow.compare.budgets import compute_multipliers, fit_power, fit_saturating
@@ -16,6 +15,7 @@ from transformer_grow.growth.builders import PlanOptions
 from transformer_grow.model import preset
 from transformer_grow.train.config import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # micro models: threads only slow a shared CPU
 
 def test_t_interval_over_seeds_on_known_numbers():
     s = summarize([1.0, 2.0, 3.0])
@@ -55,12 +55,6 @@ def test_saturating_fit_with_four_budgets():
 
 
 # ------------------------------------------------------------------------------ end to end
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # micro models on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

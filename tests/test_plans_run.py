@@ -28,12 +28,8 @@ CPU = torch.device("cpu")
 HALF_DEPTH_AND_CONTEXT = {"compound_stages": [{"depth": 2, "seq": 2}], "growth_fraction": 0.4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # micro models: threads only slow a shared CPU
+
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,14 @@ from transformer_grow.growth.api import Budget, parse_budget, parse_count
 from transformer_grow.model import GPT, preset
 from transformer_grow.train.config import TrainConfig
 
-pytestmark = pytest.mark.filterwarnings("ignore::transformer_grow.growth.timing.GrowthTimingWarning")  # tiny budgets
+pytestmark = [pytest.mark.filterwarnings("ignore::transformer_grow.growth.timing.GrowthTimingWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]  # tiny budgets
 
 VOCAB, SEQ = 64, 16
 TRAIN = TrainConfig(batch_size=8, lr=3e-3, warmup_steps=2, max_steps=1, device="cpu")
 FAST = dict(train_config=TRAIN, n_evals=2, eval_windows=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: intra-op threads only slow a shared machine down
-    yield
-    torch.set_num_threads(threads)
 
 
 def windows(n: int = 160, length: int = SEQ + 1) -> torch.Tensor:

@@ -30,12 +30,8 @@ HOOKS = ("configure", "check_batch", "local_data", "wrap", "check", "start_step"
          "load_optimizer_state", "gather_state", "barrier")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # micro models: threads only slow a shared CPU
+
 
 
 @pytest.fixture(scope="module")
