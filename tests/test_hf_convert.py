@@ -157,13 +157,13 @@ def _refusal(fn) -> str:
 
 
 def test_unsupported_families_are_refused_in_one_line(tmp_path):
-    bert = T.BertForMaskedLM(T.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                          intermediate_size=64, vocab_size=VOCAB))
+    bert = T.BertModel(T.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                    intermediate_size=64, vocab_size=VOCAB))  # BERT without its MLM head
     message = _refusal(lambda: from_hf(bert))
-    assert "BertForMaskedLM" in message and "post-LayerNorm" in message
-    assert "LlamaForCausalLM" in message and "GPT2LMHeadModel" in message
+    assert "BertModel" in message and "no language-model head" in message
+    assert "LlamaForCausalLM" in message and "GPT2LMHeadModel" in message and "BertForMaskedLM" in message
     bert.save_pretrained(tmp_path)  # a directory: refused from its config, before its weights are read
-    assert "BertForMaskedLM" in _refusal(lambda: load_hf(tmp_path))
+    assert "BertModel" in _refusal(lambda: load_hf(tmp_path))
     assert "config.json" in _refusal(lambda: load_hf(tmp_path / "missing"))
 
 
@@ -217,4 +217,5 @@ def test_a_gpt_trained_here_exports_exactly(family, settings):
 def test_an_architecture_the_family_lacks_is_refused():
     gpt = GPT(ModelConfig(n_layer=1, d_model=32, n_head=4, vocab_size=VOCAB, seq_len=SEQ, norm="layernorm"))
     assert "norm='rmsnorm'" in _refusal(lambda: to_hf(gpt, FamilyInfo.new("llama", gpt.config)))
-    assert "'bert'" in _refusal(lambda: FamilyInfo.new("bert", gpt.config))
+    assert "'bert'" in _refusal(lambda: FamilyInfo.new("t5", gpt.config))  # the message lists the families
+    assert "BertForMaskedLM needs" in _refusal(lambda: to_hf(gpt, FamilyInfo.new("bert", gpt.config)))

@@ -144,13 +144,13 @@ def test_cli_hf_check_and_grow(tmp_path, capsys):
 
 
 def test_cli_refusals_are_one_line(tmp_path, capsys):
-    bert = T.BertForMaskedLM(T.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                          intermediate_size=64, vocab_size=VOCAB))
+    bert = T.BertModel(T.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                    intermediate_size=64, vocab_size=VOCAB))  # no MLM head: refused
     bert.save_pretrained(tmp_path / "bert")
     capsys.readouterr()
     assert main(["hf", "check", str(tmp_path / "bert")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "BertForMaskedLM is not supported" in err and "LlamaForCausalLM" in err
+    assert len(err.splitlines()) == 1 and "BertModel is not supported" in err and "LlamaForCausalLM" in err
     assert main(["grow", "--hf", str(tmp_path / "nowhere"), "--to", "1B", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "config.json" in err

@@ -183,3 +183,21 @@ def test_growth_operator_configs_keep_the_head_size():
     cloned = width.clone_config(base, 2, heads=False, ffn=False)
     assert (cloned.d_model, cloned.head_dim, cloned.n_head, cloned.d_ff) == (64, 8, 4, base.d_ff)
     assert heads_ffn.heads_config(base, 8).head_dim == 8
+
+
+SIZED_VARIANTS = [
+    {}, {"bias": True, "norm": "layernorm", "mlp": "gelu", "pos": "learned"}, {"n_expert": 4},
+    {"n_expert": 4, "moe_router": "topany"}, {"n_expert": 4, "moe_router": "topany", "moe_layer_experts": [4, 2]},
+    {"causal": False, "norm_placement": "post", "type_vocab_size": 2, "emb_norm": True, "head": "mlm", "bias": True,
+     "norm": "layernorm", "mlp": "gelu_erf", "pos": "learned"},
+    {"causal": False, "norm_placement": "post", "head": "mlm", "tie_embeddings": False, "norm": "layernorm"},
+    {"share": "cycle", "share_groups": 1},
+]
+
+
+@pytest.mark.parametrize("variant", SIZED_VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "base")
+def test_count_params_without_building_equals_the_built_model(variant):
+    from transformer_grow.model.sizing import count_params
+
+    config = ModelConfig(n_layer=2, d_model=32, n_head=2, vocab_size=64, seq_len=16, **variant)
+    assert count_params(config) == GPT(config).num_params(non_embedding=False)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import transformer_grow.grow as grow_package
+import transformer_grow.growth.manager as manager_module
 from transformer_grow.data import TokenData
 from transformer_grow.growth.budget import evaluate_fixed_windows
 from transformer_grow.growth.builders import PlanOptions
@@ -84,24 +85,32 @@ def test_adaptive_plan_grows_at_max_fraction_when_the_curve_never_flattens(data)
     assert abs(result.record.total_flops - manager.budget) <= 4 * 16 * result.record.stages[1]["flops_per_token"]
 
 
-def test_adaptive_plan_grows_at_the_evaluation_where_its_trigger_fires(data):
+def test_adaptive_plan_grows_at_the_evaluation_where_its_trigger_fires(data, monkeypatch):
     # a lenient trigger: fires once the curve's next 10% of the budget is expected to gain < 90% of
     # what is left to gain, long before the max_fraction fallback
     trigger = PlateauTrigger(min_fraction=0.15, max_fraction=0.6, min_gain_ratio=0.9)
     manager = manager_for("adaptive", n_evals=20, trigger=trigger)
+    calls = []  # every question the manager asked the trigger (the stage's curve and schedule so far)
+
+    def spy(*args):
+        calls.append((args, trigger_fires(*args)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(manager_module, "trigger_fires", spy)
     result = manager.run(data)
     (event,) = result.record.events
-    # replay the trigger on the small stage's curve as it grew: the first evaluation where it fires
     stage = [p for p in result.record.curve if p.stage == 0 and p.step > 0]
-    decisions = [trigger_fires([p.flops for p in stage[:i + 1]], [p.val_loss for p in stage[:i + 1]], trigger,
-                               manager.budget) for i in range(len(stage))]
-    fired = [p for p, (fires, _) in zip(stage, decisions) if fires]
-    assert fired, "the lenient trigger never fired on the run's own curve"
-    assert event["step"] == fired[0].step and event["flops"] == fired[0].flops
+    # asked after every evaluation of the small stage, with that stage's curve so far
+    assert [len(args[0]) for args, _ in calls] == list(range(1, len(calls) + 1))
+    assert [args[1] for args, _ in calls] == [[p.val_loss for p in stage[:i]] for i in range(1, len(calls) + 1)]
+    assert all(args[4] is not None for args, _ in calls)  # with the stage's learning rates: the schedule-aware law
+    fired = [i for i, (_, (fires, _)) in enumerate(calls) if fires]
+    assert fired == [len(calls) - 1], "the stage must end at the first evaluation where the trigger fires"
+    assert event["step"] == stage[fired[0]].step and event["flops"] == stage[fired[0]].flops
+    assert trigger_fires(*calls[-1][0]) == calls[-1][1]  # a replay of the same question gives the same answer
     step_flops = TRAIN.batch_size * TARGET.seq_len * result.record.stages[0]["flops_per_token"]
     assert event["flops"] < trigger.max_fraction * manager.budget - step_flops  # not the fallback
-    fired_note = decisions[stage.index(fired[0])][1]
-    assert fired_note in result.record.notes  # the record says why it grew
+    assert calls[-1][1][1] in result.record.notes  # the record says why it grew
 
 
 # ------------------------------------------------------------------------------------- optimizer state

@@ -141,8 +141,8 @@ def test_an_hf_config_is_a_target_of_the_plan_api():
     target = manager.plan.target
     assert (target.n_layer, target.d_model, target.n_kv_head, target.seq_len, target.norm) == (4, 32, 2, SEQ, "rmsnorm")
     assert manager.plan.stages[0].model.n_layer == 2 and manager.hf_family["hf_class"] == "LlamaForCausalLM"
-    with pytest.raises(ConfigError, match="HF model_type='bert' is not supported; choose one of 'gpt2', 'llama'"):
-        GrowthManager({**llama, "model_type": "bert"}, "g_stack", budget_tokens=20_000)
+    with pytest.raises(ConfigError, match="HF model_type='t5' is not supported; choose one of 'gpt2', 'llama'"):
+        GrowthManager({**llama, "model_type": "t5"}, "g_stack", budget_tokens=20_000)
 
 
 # --------------------------------------------------------------------- strings and refusals

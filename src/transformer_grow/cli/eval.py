@@ -18,6 +18,7 @@ from transformer_grow.train.checkpoint import load_checkpoint, model_from_checkp
 from transformer_grow.train.config import DEVICES, TrainConfig
 from transformer_grow.train.evaluate import evaluate_windows
 from transformer_grow.train.memory import check_eval_memory
+from transformer_grow.train.mlm import evaluate_masked, masked_lm_for
 
 MAX_WINDOWS = 1 << 20
 LOG_MAX_FLOAT = 709.0  # math.exp overflows above about 709.78
@@ -75,7 +76,14 @@ def run(args: argparse.Namespace) -> int:
     check_eval_memory(ckpt.model_config, windows, args.batch_size, args.device)
     model = model_from_checkpoint(ckpt).to(device)
     seq_len = model.config.seq_len
-    loss = evaluate_windows(model, data.val_windows(seq_len, windows), args.batch_size, device)
+    val_windows = data.val_windows(seq_len, windows)
+    train_config = state.get("train_config") or {}
+    objective = masked_lm_for(train_config.get("objective", "auto"), train_config.get("mask_token_id"),
+                              train_config.get("mlm_probability", 0.15), model.config, data.vocab_size)
+    if objective is None:
+        loss = evaluate_windows(model, val_windows, args.batch_size, device)
+    else:  # a bidirectional model: masked-LM loss under the fixed validation mask, as in training
+        loss = evaluate_masked(model, val_windows, args.batch_size, device, objective)
     perplexity = math.exp(loss) if loss < LOG_MAX_FLOAT else math.inf  # nan stays nan
     result = {"val_loss": loss, "perplexity": perplexity, "windows": windows, "seq_len": seq_len,
               "step": state.get("step"), "tokens": state.get("tokens"), "checkpoint": str(args.checkpoint)}

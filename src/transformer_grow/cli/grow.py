@@ -76,7 +76,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--method",
         default=None,
-        help="shorthand for the depth and/or width method, e.g. stack, clone or stack+clone",
+        help="shorthand for the depth and/or width method, e.g. stack, clone or stack+clone; unshare (a model with "
+             "cross-layer sharing: every layer gets its own copy, exact), alone or first, e.g. unshare+stack",
     )
     for dim in ("depth", "width", "heads", "ffn", "seq", "experts"):
         parser.add_argument(f"--{dim}", default=None, help=f"{dim} method: {', '.join(CHOICES[dim])}")
@@ -208,6 +209,15 @@ def grown_train_state(state: dict, result, rewarmup_steps: int) -> dict:
     return state
 
 
+def refuse_existing_checkpoint(out: Path, given: str) -> None:
+    """One line if ``--out`` already holds a checkpoint: a grown or converted model never overwrites one."""
+    try:
+        resolve_checkpoint_dir(out)
+    except ConfigError:
+        return
+    raise ConfigError(f"--out {given!r} already holds a checkpoint; choose another directory")
+
+
 def run(args: argparse.Namespace) -> int:
     choice("--optimizer", args.optimizer, ("carry", "fresh"))
     require(0 <= args.rewarmup_steps <= 10**12, f"--rewarmup-steps={args.rewarmup_steps} must be from 0 to 1e12")
@@ -222,12 +232,7 @@ def run(args: argparse.Namespace) -> int:
 
         return grow_hf_dir(args)
     require(args.checkpoint is not None, "give CHECKPOINT_DIR (a checkpoint or run directory) or --hf PATH")
-    try:
-        resolve_checkpoint_dir(out)
-    except ConfigError:
-        pass
-    else:
-        raise ConfigError(f"--out {args.out!r} already holds a checkpoint; choose another directory")
+    refuse_existing_checkpoint(out, args.out)
     ckpt = load_checkpoint(args.checkpoint)
     target = resolve_target(args.to, ckpt.model_config)
     options, choices = operator_arguments(args)

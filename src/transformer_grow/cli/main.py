@@ -21,7 +21,7 @@ from transformer_grow.errors import ConfigError
 from transformer_grow.io import lock_acquisitions
 
 # Sub-command modules, in the order `tgrow --help` lists them.
-COMMANDS = ["train", "eval", "sample", "grow", "plan", "compare", "scaling", "hf"]
+COMMANDS = ["train", "eval", "sample", "grow", "share", "plan", "compare", "scaling", "hf"]
 # Errors of the filesystem rather than of the program: one line, not a traceback.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST,
                          errno.EISDIR, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOENT, errno.ELOOP})

@@ -52,7 +52,7 @@ def add_plan_options(parser: argparse.ArgumentParser, with_plan: bool = True,
     group = flags.add_to(parser)
     if with_plan:
         group.add_argument("--plan", default=None, choices=PLAN_NAMES,
-                           help="growth plan: scratch (baseline), g_stack, compound, progressive or adaptive")
+                           help="growth plan: scratch (the baseline) or " + ", ".join(PLAN_NAMES[1:]))
 
 
 def plan_options_from_args(args: argparse.Namespace, base: PlanOptions | None = None) -> PlanOptions:

@@ -4,8 +4,8 @@
   (Approach 2) to our results JSONL or any CSV, with bootstrap intervals, standard errors, prediction
   intervals for new runs and leave-one-out validation (one plan's runs; early-stopped runs are left out
   unless --include-early-stopped);
-- curve FILE: extrapolate a learning curve (CSV or metrics.jsonl) with the LR-annealing law and the
-  plain power law, with prediction intervals and a plot;
+- curve FILE: extrapolate a learning curve (CSV or metrics.jsonl) with the multi-power and LR-annealing
+  laws and the plain power law, with prediction intervals and a plot;
 - growth FILE: growth's FLOP saving over training from scratch as a function of model size, with
   intervals, extrapolated beyond the largest run (both plans' runs in one results file);
 - estimate: a grid's runs with their size, tokens, FLOPs and expected time from throughput measured
@@ -106,9 +106,10 @@ def _add_fit(sub) -> None:
 def _add_curve(sub) -> None:
     p = sub.add_parser(
         "curve", help="extrapolate a learning curve (CSV or metrics.jsonl) to a later step, with intervals",
-        description="Fit the LR-annealing law (Tissue et al. 2024, written with the irreducible loss as its floor) "
-        "and the plain power law in steps to a learning curve and predict the loss at later steps, with prediction "
-        "intervals. The learning rate of every step comes from the lr column (logged rates, interpolated) or from "
+        description="Fit the multi-power law (Luo et al. 2025), the LR-annealing law (Tissue et al. 2024), both "
+        "written with the irreducible loss as their floor, and the plain power law in steps to a learning curve and "
+        "predict the loss at later steps, with prediction intervals. The learning rate of every step comes from the "
+        "lr column (logged rates, interpolated) or from "
         "--schedule and its settings (a run still in progress). --fit-fraction holds the rest of the curve out to "
         "check the prediction against it.")
     p.add_argument("file", metavar="FILE", help="CSV with a header row, or a metrics.jsonl of tgrow train")
@@ -272,7 +273,9 @@ def run_curve(args) -> int:
         last = curve.lrs.size * curve.unit
         require(np.all(targets <= last + 1e-9), f"--at {targets.max():g} is past the last known learning rate "
                 f"({last:g}); give the whole schedule with --schedule or predict within it")
-        forms["lr_area"] = fit_learning_curve(steps[seen], curve.loss[seen], curve.lrs, n_bootstrap=args.bootstrap)
+        for form in ("multi_power", "lr_area"):  # the two schedule-aware laws, the default (multi-power) first
+            forms[form] = fit_learning_curve(steps[seen], curve.loss[seen], curve.lrs, form=form,
+                                             n_bootstrap=args.bootstrap)
     print(f"{int(seen.sum())} of {curve.x.size} points of {curve.source} fitted (columns: "
           + ", ".join(f"{k} = {v}" for k, v in curve.columns.items()) + ")")
     summary = {"source": curve.source, "columns": curve.columns, "fit_fraction": args.fit_fraction,

@@ -19,8 +19,8 @@ def _grid_options(p, command: str) -> None:
     p.add_argument("--mode", default="quick", help="grid: quick (about 20 min on a 2-core CPU), dev or full "
                                                    "(default: quick); the flags below refine it")
     p.add_argument("--plans", default=SCRATCH_PLAN, help="comma-separated plans, each run for every size and budget: "
-                                                        "scratch and/or growth plans (g_stack, compound, progressive, "
-                                                        "adaptive), e.g. scratch,g_stack (default: scratch)")
+                                                        "scratch and/or growth plans (those of tgrow plan), e.g. "
+                                                        "scratch,g_stack (default: scratch)")
     g = p.add_argument_group("grid (override the mode's)")
     g.add_argument("--models", default=None, help="model sizes as n_layer x d_model, e.g. 2x64,4x128")
     g.add_argument("--tokens", default=None, help="token budgets, e.g. 100k,1M (replace the mode's budgets)")

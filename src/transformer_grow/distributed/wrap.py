@@ -43,7 +43,7 @@ from transformer_grow.distributed.guard import (
     mark_live,
     mark_released,
 )
-from transformer_grow.errors import choice
+from transformer_grow.errors import choice, require
 from transformer_grow.model import GPT
 from transformer_grow.optim_state import STATE_KEYS, StateByName, load_optimizer_state_by_name, optimizer_state_by_name
 
@@ -96,6 +96,11 @@ class DistributedModel:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
+            # fully_shard takes each block's parameters as its own; blocks that share tensors (cross-layer
+            # sharing) would be sharded twice. DDP handles shared parameters; FSDP2 of them is not supported.
+            require(model.config.share == "none", f"share={model.config.share!r}: FSDP2 shards every block's "
+                    "own parameters and cannot shard tensors that several blocks share; use parallel='ddp', or "
+                    "unshare the model first")
             self._broadcast_from_main(model)
             mesh = init_device_mesh(env.device.type, (env.world_size,))
             for block in model.blocks.values():

@@ -21,12 +21,14 @@ from transformer_grow.grow.depth import (
 )
 from transformer_grow.grow.dynamics import lr_multipliers
 from transformer_grow.grow.heads_ffn import add_heads, grow_ffn
+from transformer_grow.grow.ligo import LiGO, ligo
 from transformer_grow.grow.map import DimMap, ParamMap, ParamSource
 from transformer_grow.grow.moe import add_experts, upcycle
 from transformer_grow.grow.noise import NoiseSpec
 from transformer_grow.grow.optimizer import Handoff, grow_optimizer_state, handoff
 from transformer_grow.grow.report import GrowthCertificateError, GrowthReport, GrowthResult
 from transformer_grow.grow.sequence import grow_seq
+from transformer_grow.grow.unshare import unshare
 from transformer_grow.grow.width import clone, net2net, random_pad, zero_pad
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "GrowthCertificateError",
     "GrowthReport",
     "GrowthResult",
+    "LiGO",
     "Handoff",
     "ModelAdapter",
     "NewBlock",
@@ -54,12 +57,14 @@ __all__ = [
     "insert_zero",
     "interleave",
     "layer_map",
+    "ligo",
     "lr_multipliers",
     "net2net",
     "random_pad",
     "repeat",
     "stack",
     "target_config",
+    "unshare",
     "upcycle",
     "zero_pad",
 ]

@@ -106,6 +106,16 @@ _GPT_AXES: dict[tuple[str, str], tuple[Axis, ...]] = {
     ("down_proj", "weight"): (("model", "write"), ("ffn", "read")),
     ("down_proj", "bias"): (("model", "write"),),
     ("router", "weight"): (("expert", "write"), ("model", "read")),
+    ("router", "threshold"): (("expert", "write"),),  # top-any gate (DynMoE): one threshold per expert
+    # Encoder (BERT) modules: token types, the embedding norm, the MLM head (mlm_head.dense/norm/bias).
+    ("type_emb", "weight"): (("type", None), ("model", "write")),
+    ("emb_norm", "weight"): (("model", "norm"),),
+    ("emb_norm", "bias"): (("model", "norm_bias"),),
+    ("dense", "weight"): (("model", "write"), ("model", "read")),
+    ("dense", "bias"): (("model", "write"),),
+    ("norm", "weight"): (("model", "final_norm"),),  # mlm_head.norm: the output weight reads it
+    ("norm", "bias"): (("model", "final_norm_bias"),),
+    ("mlm_head", "bias"): (("vocab", None),),
 }
 
 # Modules whose init depends on their parent (GPT.init_weights): residual projections get a scaled
@@ -136,6 +146,8 @@ class GPTAdapter(ModelAdapter):
         axes = _GPT_AXES.get((parts[-2], parts[-1])) if len(parts) >= 2 else None
         if axes is None:
             raise KeyError(f"GPTAdapter does not know the axes of parameter {name!r}")
+        if parts[0] == "norm_f" and config.head == "mlm":  # the MLM head's dense reads it, not the output weight
+            return tuple((axis, use.removeprefix("final_")) for axis, use in axes)
         return axes
 
     def build(self, config: ModelConfig, block_keys: list[str], like: nn.Module) -> nn.Module:

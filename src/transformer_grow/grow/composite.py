@@ -6,6 +6,7 @@ reads the difference between the model's config and ``target`` and applies, in t
 ==========  =================================================  ==========================================
 dimension   choices (default first)                            changes
 ==========  =================================================  ==========================================
+share       unshare (a shared model; always first, exact)      share -> none (grow/unshare.py)
 width       clone, net2net, zero_pad, random_pad               d_model (clone also heads x k, d_ff x k
                                                                where the target has room)
 heads       zero                                               n_head, n_kv_head

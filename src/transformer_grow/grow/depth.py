@@ -172,9 +172,20 @@ def depth_plan(
         )
     if any(isinstance(x, NewBlock) and not x.zero_writes for x in layout):
         notes.append("fresh blocks (G_random) add a random residual update: not function-preserving")
+    kind = _post_norm_kind(config, layout, kind, notes)
     return GrowthPlan(
         method, kind, new_config, new_keys, ParamMap(entries), options=opts, notes=notes, noise=spec
     )
+
+
+def _post_norm_kind(config: ModelConfig, layout: list, kind: str, notes: list[str]) -> str:
+    """A zero-writer block is ``x + 0`` only with pre-norm. Post-norm (BERT) blocks apply their norms to
+    ``x + 0``: ``norm(norm(x))``, not ``x`` (LayerNorm is not idempotent once its weight and bias are
+    not 1 and 0): the declared ``exact`` does not hold, and the measurement says how far it is."""
+    if kind != "exact" or config.norm_placement != "post" or not any(isinstance(x, NewBlock) for x in layout):
+        return kind
+    notes.append("post-norm: a zero-writer block computes norm(norm(x)), not x: not function-preserving")
+    return "none"
 
 
 def layer_map(

@@ -13,11 +13,12 @@ from typing import Any
 
 from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.grow import depth as depth_ops
-from transformer_grow.grow import heads_ffn, moe, sequence, width
+from transformer_grow.grow import heads_ffn, moe, sequence, unshare, width
 from transformer_grow.grow.build import GrowthPlan
 from transformer_grow.grow.noise import NoiseSpec
 from transformer_grow.model import PRESETS, ModelConfig
 from transformer_grow.model.config import check_growth
+from transformer_grow.model.sharing import UNSHARED, unshared_config
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "width": width.WIDTH_METHODS,
@@ -26,8 +27,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "experts": moe.EXPERT_METHODS,
     "depth": depth_ops.DEPTH_METHODS,
     "seq": sequence.SEQ_METHODS,
+    "share": unshare.UNSHARE_METHODS,
 }
-DEFAULTS = {"width": "clone", "heads": "zero", "ffn": "zero", "depth": "stack", "seq": "copy"}
+DEFAULTS = {"width": "clone", "heads": "zero", "ffn": "zero", "depth": "stack", "seq": "copy", "share": "unshare"}
 # option name -> (dimension, methods it applies to)
 OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "layer_sources": ("depth", ("layer_map",)),
@@ -72,6 +74,8 @@ def target_config(source: ModelConfig, target: ModelConfig | dict | str) -> Mode
         return target
     if isinstance(target, dict):
         merged = {**source.to_dict(), **target}
+        if target.get("share") == "none":  # unsharing: the other sharing settings go with it
+            merged.update({k: v for k, v in UNSHARED.items() if k not in target})
         d_model = merged["d_model"]
         if isinstance(d_model, int) and d_model > 0 and d_model != source.d_model:  # else: from_dict refuses
             if "n_head" not in target and "head_dim" not in target and source.d_attn == source.d_model:
@@ -104,15 +108,15 @@ def resolve_choices(method: str | None, given: dict[str, str | None]) -> dict[st
     """Per-dimension choices from ``method`` (depth and/or width shorthand) and explicit names."""
     chosen = dict(given)
     for name in method.split("+") if method else []:
-        dims = [d for d in ("depth", "width") if name in CHOICES[d]]
+        dims = [d for d in ("depth", "width", "share") if name in CHOICES[d]]
         require(
             bool(dims),
-            f"method={name!r} is not a depth or width method; choose from "
-            f"{', '.join(CHOICES['depth'] + CHOICES['width'])}",
+            f"method={name!r} is not a depth, width or share method; choose from "
+            f"{', '.join(CHOICES['depth'] + CHOICES['width'] + CHOICES['share'])}",
         )
         require(
             chosen.get(dims[0]) in (None, name),
-            f"method={name!r} conflicts with {dims[0]}={chosen[dims[0]]!r}",
+            f"method={name!r} conflicts with {dims[0]}={chosen.get(dims[0])!r}",
         )
         chosen[dims[0]] = name
     for dim, value in chosen.items():
@@ -153,6 +157,9 @@ def plan_steps(
 
     def opt(name: str, default=None):
         return options.get(name, default)
+
+    if cur.share != "none":  # unsharing first (exact): every other operator then works on the full model
+        cur = add("share", "unshare", unshare.unshare_plan, {}, unshared_config(cur))
 
     if target.d_model != cur.d_model:
         m = method_for("width")

@@ -8,7 +8,9 @@ FLOPs per token are the model's own :meth:`~transformer_grow.model.GPT.flops_per
 Every stage trains with the same number of tokens per optimizer step (``tokens_per_step``, the
 baseline's ``batch_size * seq_len``); a stage with a shorter context takes proportionally more
 sequences per step. A stage's FLOPs are its tokens times its model's FLOPs per token; a plan's
-total includes the small models' FLOPs.
+total includes the small models' FLOPs. A growth event that trains (a LiGO operator,
+:mod:`~transformer_grow.growth.ligo_phase`) adds its phase's steps, tokens and FLOPs to the stage it
+starts (``growth_*``), and the last stage takes what is left after them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from transformer_grow.errors import require
+from transformer_grow.growth.ligo_phase import ligo_phase_cost
 from transformer_grow.growth.plan import GrowthPlan, describe_config
 from transformer_grow.model import GPT, ModelConfig
 
@@ -73,12 +76,18 @@ class StageAccount:
     params: int
     params_nonembedding: int
     upper_bound: bool = False  # ends by a trigger: these are its latest values
+    # the growth event's own training before this stage (a LiGO phase): batches drawn, tokens, FLOPs
+    growth_steps: int = 0
+    growth_tokens: int = 0
+    growth_flops: int = 0
 
     def to_dict(self) -> dict:
         return {"index": self.index, "name": self.name, "model": describe_config(self.config),
                 "batch_size": self.batch_size, "steps": self.steps, "tokens": self.tokens,
                 "flops_per_token": self.flops_per_token, "flops": self.flops, "params": self.params,
-                "params_nonembedding": self.params_nonembedding, "upper_bound": self.upper_bound}
+                "params_nonembedding": self.params_nonembedding, "upper_bound": self.upper_bound,
+                "growth_steps": self.growth_steps, "growth_tokens": self.growth_tokens,
+                "growth_flops": self.growth_flops}
 
 
 @dataclass
@@ -93,15 +102,15 @@ class PlanAccount:
 
     @property
     def total_steps(self) -> int:
-        return sum(s.steps for s in self.stages)
+        return sum(s.steps + s.growth_steps for s in self.stages)
 
     @property
     def total_tokens(self) -> int:
-        return sum(s.tokens for s in self.stages)
+        return sum(s.tokens + s.growth_tokens for s in self.stages)
 
     @property
     def total_flops(self) -> int:
-        return sum(s.flops for s in self.stages)
+        return sum(s.flops + s.growth_flops for s in self.stages)
 
     def table(self) -> list[str]:
         """Aligned text lines: one row per stage and a total."""
@@ -110,6 +119,9 @@ class PlanAccount:
         rows = [header, "-" * len(header)]
         for s in self.stages:
             mark = " (latest; trigger)" if s.upper_bound else ""
+            if s.growth_steps or s.growth_flops:
+                rows.append(f"{'  growth phase':<14} {'operator training (LiGO)':<44} {'':>10} {'':>10} "
+                            f"{s.growth_steps:>7,} {s.growth_tokens:>12,} {'':>11} {s.growth_flops:>10.4g}")
             rows.append(f"{s.name[:14]:<14} {describe_config(s.config):<44} {s.params:>10,} "
                         f"{s.params_nonembedding:>10,} {s.steps:>7,} {s.tokens:>12,} {s.flops_per_token:>11.4g} "
                         f"{s.flops:>10.4g}{mark}")
@@ -151,6 +163,10 @@ def account_plan(plan: GrowthPlan, tokens_per_step: int) -> PlanAccount:
     spent = 0.0
     for i, stage in enumerate(plan.stages):
         fpt = flops_per_token(stage.model)
+        phase = None
+        if stage.growth is not None and stage.growth.method == "ligo":  # trains before the stage's own steps
+            phase = ligo_phase_cost(plan.stages[i - 1].model, stage.model, stage.growth.options, tokens_per_step)
+            spent += phase.flops if plan.budget_mode == "flops" else phase.tokens
         unit_cost = fpt * tokens_per_step if plan.budget_mode == "flops" else tokens_per_step
         last = i == len(plan.stages) - 1
         if stage.trigger is not None:
@@ -164,4 +180,7 @@ def account_plan(plan: GrowthPlan, tokens_per_step: int) -> PlanAccount:
         stages.append(StageAccount(i, stage.label(i), stage.model, stage_batch_size(stage.model, tokens_per_step),
                                    steps, steps * tokens_per_step, fpt, steps * tokens_per_step * fpt, params,
                                    non_embedding, upper_bound=stage.trigger is not None))
+        if phase is not None:
+            stages[-1].growth_steps, stages[-1].growth_tokens, stages[-1].growth_flops = \
+                phase.steps, phase.tokens, phase.flops
     return PlanAccount(plan.name, plan.budget_mode, budget, tokens_per_step, stages)

@@ -31,14 +31,14 @@ import torch
 
 from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.growth.accounting import flops_per_token, param_counts
-from transformer_grow.growth.builders import SHORT, PlanOptions, _fractions, shrink
+from transformer_grow.growth.builders import SHORT, PlanOptions, _fractions, ligo_event, shrink
 from transformer_grow.growth.hf_run import check_exportable, gpt_from_hf, hf_target, is_hf_config, is_hf_model
 from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, Stage, describe_config
 from transformer_grow.growth.timing import g_stack_timing
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.model.config import check_growth
 
-STRATEGIES = ("g_stack", "compound", "progressive", "adaptive")
+STRATEGIES = ("g_stack", "compound", "progressive", "adaptive", "ligo")
 MAX_COUNT = 10**18  # no parameter or token count of any run is larger
 _COUNT = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
 _BUDGET = re.compile(r"^\s*(.+?)\s*(tokens?|flops?)\s*$", re.IGNORECASE)
@@ -176,7 +176,7 @@ def seed_plan(strategy: str, source: ModelConfig, target: ModelConfig, budget_to
                                          f"{describe_config(target)} (growth keeps the architecture and shrinks "
                                          "nothing); give a larger target of the same family")
     notes: list[str] = []
-    if strategy == "g_stack":
+    if strategy in ("g_stack", "ligo"):  # ligo: g_stack's timing, a learned operator (builders.ligo_plan)
         timing = g_stack_timing(param_counts(target)[0], budget_tokens, options.max_fraction, options.growth_fraction)
         first_tokens, trigger, middle, shares = timing.growth_tokens, None, [], []
         notes += timing.explain()
@@ -195,7 +195,11 @@ def seed_plan(strategy: str, source: ModelConfig, target: ModelConfig, budget_to
             notes.append(f"stage {name} dropped: the model does not grow into it; its tokens stay with the stage "
                          "before")
             stages[-1] = dataclasses.replace(stages[-1], tokens=stages[-1].tokens + tokens)
-    stages.append(Stage(target, growth=_event(options, stages[-1].model, target, notes), name="target"))
+    last = _event(options, stages[-1].model, target, notes)
+    if strategy == "ligo":
+        last = ligo_event(dataclasses.replace(options, method=last.method or options.method), stages[-1].model,
+                          target, budget_tokens)
+    stages.append(Stage(target, growth=last, name="target"))
     notes.append(f"{strategy} from the given model ({describe_config(source)}, {param_counts(source)[0]:,} "
                  "parameters, trained from its weights)")
     plan = GrowthPlan(strategy, stages, budget_tokens, options.budget_mode, notes=notes)

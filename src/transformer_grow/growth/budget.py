@@ -62,21 +62,23 @@ class BudgetSchedule:
 
 @torch.no_grad()
 def evaluate_fixed_windows(model: torch.nn.Module, windows: torch.Tensor, batch_size: int,
-                           device: torch.device) -> float:
+                           device: torch.device, evaluate=evaluate_windows) -> float:
     """Mean validation cross-entropy of ``model`` on ``windows`` (``[n, T + 1]``), whatever its stage.
 
     Every run of a comparison is measured on the same windows (the target's context length). A
     model with learned positions and a shorter context reads each window as consecutive chunks of
     its own length (each chunk predicts its tokens from the chunk only); the mean is still over
-    all ``n * T`` predictions. RoPE models read the whole window.
+    all ``n * T`` predictions. RoPE models read the whole window. ``evaluate``: the loss of one set of
+    windows (default next-token cross-entropy; a run's :meth:`Trainer.window_loss` for its objective, e.g.
+    masked LM for a bidirectional model).
     """
     config = model.config
     length = windows.shape[1] - 1
     if config.pos != "learned" or config.seq_len >= length:
-        return evaluate_windows(model, windows, batch_size, device)
+        return evaluate(model, windows, batch_size, device)
     size = config.seq_len
     pieces = [windows[:, start:min(start + size, length) + 1] for start in range(0, length, size)]
     total = 0.0
     for piece in pieces:
-        total += evaluate_windows(model, piece, batch_size, device) * (piece.shape[1] - 1)
+        total += evaluate(model, piece, batch_size, device) * (piece.shape[1] - 1)
     return total / length

@@ -1,4 +1,5 @@
-"""The built-in growth plans: ``scratch``, ``g_stack``, ``compound``, ``progressive``, ``adaptive``.
+"""The built-in growth plans: ``scratch``, ``g_stack``, ``compound``, ``progressive``, ``adaptive``,
+``ligo``, ``share_unshare``, and the expert plans ``upcycle`` and ``dynamic``.
 
 * ``scratch``: the target model trained from scratch on the whole budget (the baseline).
 * ``g_stack``: a model ``g`` times shallower than the target, grown by stacking (Du et al. 2024)
@@ -12,10 +13,18 @@
 * ``adaptive``: like ``g_stack``, but the small model grows when its validation curve flattens
   against a fitted power law (:class:`~transformer_grow.growth.plan.PlateauTrigger`), with guards
   against growing too early or too late.
+* ``ligo``: ``g_stack``'s small model and timing, grown by a learned LiGO operator (Wang et al. 2023)
+  that starts as stacking and trains briefly on the grown model's loss, its FLOPs in the budget
+  (:mod:`~transformer_grow.growth.ligo_phase`).
+* ``share_unshare``: the target's layers first share ``n_layer / g`` stored blocks (``share_strategy``,
+  e.g. Takase & Kiyono 2021's ``cycle``; :mod:`transformer_grow.model.sharing`), then the model is
+  unshared exactly (:mod:`transformer_grow.grow.unshare`) and trains on as the full target. The shared
+  model costs the target's FLOPs per token: it saves parameters and memory, not compute.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +32,10 @@ from typing import Any
 
 from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.grow.composite import CHOICES
+from transformer_grow.grow.ligo import DEFAULT_LIGO_LR
 from transformer_grow.growth.accounting import param_counts
+from transformer_grow.growth.experts import ExpertAdaptation, dynamic_plan, upcycle_plan
+from transformer_grow.growth.ligo_phase import LIGO_SHARE
 from transformer_grow.growth.plan import (
     BUDGET_MODES,
     OPTIMIZER_POLICIES,
@@ -35,8 +47,13 @@ from transformer_grow.growth.plan import (
 )
 from transformer_grow.growth.timing import DEFAULT_MAX_FRACTION, g_stack_timing
 from transformer_grow.model import ModelConfig
+from transformer_grow.model.sharing import SHARE_STRATEGIES
 
-PLAN_NAMES = ("scratch", "g_stack", "compound", "progressive", "adaptive")
+SHARE_PLAN_STRATEGIES = tuple(s for s in SHARE_STRATEGIES if s not in ("none", "custom"))
+
+# upcycle / dynamic (dense -> MoE, then an adaptive expert count) are built in growth/experts.py
+PLAN_NAMES = ("scratch", "g_stack", "compound", "progressive", "adaptive", "ligo", "share_unshare", "upcycle",
+              "dynamic")
 MAX_BUDGET_TOKENS = 10**18
 SHORT = {"depth": "L", "width": "d", "seq": "T"}  # stage labels of compound plans
 
@@ -65,7 +82,15 @@ class PlanOptions:
         compound_stages: per stage before the last, the factors by which the target is smaller:
             ``{"depth": 2, "width": 2, "seq": 2}``.
         trigger: the ``adaptive`` plan's trigger.
+        expert_adaptation: ``dynamic``: the adaptive expert count (interval, window, add/remove rules),
+            e.g. ``{interval: 100, window: 50, new_threshold: exact}``.
         options: extra keyword arguments for the growth operator.
+        share_strategy: ``share_unshare``: how the shared stage's layers share its ``n_layer / growth_factor``
+            blocks: ``all``, ``sequence``, ``cycle``, ``cycle_rev``, ``middle_all``, ``middle_sequence`` or
+            ``middle_cycle``; it trains ``growth_fraction`` of the budget (default ``max_fraction / 2``).
+        ligo_steps: ``ligo``: training steps of the LiGO operator; ``None``: 1% of the budget's tokens in
+            whole steps, from 1 to the paper's 100 (Wang et al. 2023).
+        ligo_lr: ``ligo``: learning rate of the operator's own AdamW (no weight decay).
     """
 
     growth_factor: int = 2
@@ -84,7 +109,11 @@ class PlanOptions:
     compound_stages: list[dict[str, int]] = field(
         default_factory=lambda: [{"depth": 2, "width": 2, "seq": 2}, {"width": 2}])
     trigger: PlateauTrigger = field(default_factory=PlateauTrigger)
+    expert_adaptation: ExpertAdaptation = field(default_factory=ExpertAdaptation)
     options: dict[str, Any] = field(default_factory=dict)
+    share_strategy: str = "cycle"
+    ligo_steps: int | None = None
+    ligo_lr: float = DEFAULT_LIGO_LR
 
     def validate(self) -> None:
         """Refuse (:class:`ConfigError`) any option out of range, whichever plan it is for."""
@@ -103,6 +132,7 @@ class PlanOptions:
             require(part in methods, f"method={part!r} is not a depth or width method; choose from "
                                      f"{', '.join(methods)} (or a depth+width pair)")
         choice("width_method", self.width_method, CHOICES["width"])
+        choice("share_strategy", self.share_strategy, SHARE_PLAN_STRATEGIES)
         choice("optimizer", self.optimizer, OPTIMIZER_POLICIES)
         choice("schedule", self.schedule, SCHEDULE_POLICIES)
         GrowthEvent(optimizer=self.optimizer, preserve=self.preserve,
@@ -121,6 +151,10 @@ class PlanOptions:
                 f"compound_stages={self.compound_stages!r} is not allowed; give 1 to 64 mappings such as "
                 "{depth: 2, width: 2, seq: 2} with integer factors from 1 to 4096")
         require(isinstance(self.options, dict), f"options={self.options!r} is not allowed; give a mapping")
+        require(self.ligo_steps is None or (_is_int(self.ligo_steps) and 1 <= self.ligo_steps <= 10**6),
+                f"ligo_steps={self.ligo_steps!r} is not allowed; it must be an integer from 1 to 1,000,000 (or unset)")
+        require(_is_number(self.ligo_lr) and 0 < self.ligo_lr <= 1,
+                f"ligo_lr={self.ligo_lr!r} is not allowed; it must be a number in (0, 1]")
         require(isinstance(self.trigger, PlateauTrigger), f"trigger={self.trigger!r} is not allowed; give a mapping")
         for name in ("min_fraction", "max_fraction", "horizon_fraction", "min_gain_ratio"):
             value = getattr(self.trigger, name)
@@ -128,6 +162,9 @@ class PlanOptions:
         require(_is_int(self.trigger.min_points) and self.trigger.min_points <= 10_000,
                 f"trigger min_points={self.trigger.min_points!r} is not allowed; it must be an integer up to 10,000")
         self.trigger.validate("trigger")
+        require(isinstance(self.expert_adaptation, ExpertAdaptation),
+                f"expert_adaptation={self.expert_adaptation!r} is not allowed; give a mapping")
+        self.expert_adaptation.validate()
 
     def event(self, old: ModelConfig, new: ModelConfig) -> GrowthEvent:
         """The growth event ``old -> new``: depth by ``method`` and width by ``width_method``, each
@@ -151,7 +188,12 @@ PLAN_OPTIONS_USED: dict[str, frozenset[str]] = {
     "compound": _GROWTH_EVENT_OPTIONS | {"budget_mode", "compound_stages", "stage_fractions", "growth_fraction",
                                          "max_fraction", "width_method"},
     "adaptive": _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_factor", "trigger"},
+    "ligo": _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_factor", "growth_fraction", "max_fraction", "ligo_steps",
+                                     "ligo_lr"},
 }
+
+PLAN_OPTIONS_USED["share_unshare"] = (_GROWTH_EVENT_OPTIONS - {"method"}) | {
+    "budget_mode", "growth_factor", "growth_fraction", "max_fraction", "share_strategy"}
 
 
 def check_plan_options_apply(plans: Iterable[str], given: Iterable[str],
@@ -266,8 +308,68 @@ def adaptive_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions)
                              f"budget, not before {t.min_fraction:g} nor after {t.max_fraction:g} of it")])
 
 
+def ligo_event(options: PlanOptions, old: ModelConfig, new: ModelConfig, budget_tokens: int) -> GrowthEvent:
+    """The LiGO growth event ``old -> new`` (:mod:`~transformer_grow.growth.ligo_phase`): the operator
+    starts as ``method`` (depth) and ``width_method`` (width), each named only when that dimension grows."""
+    require(options.preserve == "function", f"preserve={options.preserve!r} does not apply to LiGO growth (the "
+                                            "learned map is not a fixed operator); use preserve='function'")
+    event = options.event(old, new)
+    extra = dict(event.options)
+    if event.method is not None:
+        extra.setdefault("depth", event.method)
+    extra.update(ligo_steps=options.ligo_steps, ligo_lr=options.ligo_lr,
+                 ligo_tokens=max(1, round(LIGO_SHARE * budget_tokens)))
+    return dataclasses.replace(event, method="ligo", options=extra)
+
+
+def ligo_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) -> GrowthPlan:
+    """``g_stack``'s stages (small model, timing) grown by a learned LiGO operator initialised as ``method``."""
+    plan = g_stack_plan(target, budget_tokens, options)
+    small = plan.stages[0].model
+    plan.stages[1] = dataclasses.replace(plan.stages[1], growth=ligo_event(options, small, target, budget_tokens))
+    steps = f"{options.ligo_steps} steps" if options.ligo_steps is not None else \
+        "1% of the budget's tokens (1 to 100 steps)"
+    plan.notes.append(f"LiGO (Wang et al. 2023): the operator starts as {options.method}, trains {steps} at lr "
+                      f"{options.ligo_lr:g} on the grown model's loss, its FLOPs counted in the budget")
+    return dataclasses.replace(plan, name="ligo")
+
+
 BUILDERS = {"scratch": scratch_plan, "g_stack": g_stack_plan, "compound": compound_plan,
-            "progressive": progressive_plan, "adaptive": adaptive_plan}
+            "progressive": progressive_plan, "adaptive": adaptive_plan, "ligo": ligo_plan}
+
+def share_unshare_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) -> GrowthPlan:
+    """The target with shared layers (:func:`shared_stage`), unshared exactly into the target."""
+    require(target.share == "none", f"plan share_unshare grows into an unshared target; the target has "
+                                    f"share={target.share!r}")
+    shared = shared_stage(target, options.share_strategy, options.growth_factor)
+    fraction = options.growth_fraction or options.max_fraction / 2
+    event = GrowthEvent(method="unshare", options=dict(options.options), optimizer=options.optimizer,
+                        rewarmup_steps=options.rewarmup_steps, schedule=options.schedule, preserve=options.preserve,
+                        dynamics_relax=options.dynamics_relax)
+    stages = [Stage(shared, tokens=max(1, round(fraction * budget_tokens)),
+                    name=f"shared {shared.share} M={shared.share_groups}"),
+              Stage(target, growth=event, name="target")]
+    return GrowthPlan("share_unshare", stages, budget_tokens, options.budget_mode,
+                      notes=[f"{target.n_layer} layers sharing {shared.share_groups} blocks by {shared.share} "
+                             f"(Takase & Kiyono 2021) for {fraction:g} of the budget, then unshared (exact); same "
+                             "FLOPs per token in both stages, fewer parameters in the first"])
+
+
+def shared_stage(target: ModelConfig, strategy: str, factor: int) -> ModelConfig:
+    """``target`` whose layers share ``n_layer / factor`` stored blocks by ``strategy`` (rounded, at least
+    one; the middle strategies keep the first and last layer's blocks besides)."""
+    n, middle = target.n_layer, strategy.startswith("middle_")
+    require(n >= (3 if middle else 2), f"share_strategy={strategy!r} needs at least {3 if middle else 2} layers; "
+                                       f"the target has n_layer={n}")
+    blocks = max(1, round((n - 2 if middle else n) / factor))
+    groups = {"all": 1, "middle_all": 3}.get(strategy, blocks + 2 if middle else blocks)
+    return target.replace(share=strategy, share_groups=groups)
+
+
+BUILDERS["share_unshare"] = share_unshare_plan
+BUILDERS.update(upcycle=upcycle_plan, dynamic=dynamic_plan)
+PLAN_OPTIONS_USED["upcycle"] = _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_fraction", "max_fraction"}
+PLAN_OPTIONS_USED["dynamic"] = PLAN_OPTIONS_USED["upcycle"] | {"expert_adaptation"}
 
 
 def build_plan(name: str, target: ModelConfig, budget_tokens: int, options: PlanOptions | None = None) -> GrowthPlan:

@@ -19,6 +19,7 @@ from typing import Any
 import transformer_grow.grow as growing  # looked up at call time: tests and tools may substitute grow()
 import transformer_grow.grow.steps as growing_steps
 from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.growth.ligo_phase import check_ligo_event, grow_trainer_ligo
 from transformer_grow.growth.plan import OPTIMIZER_POLICIES, GrowthPlan
 from transformer_grow.model import ModelConfig
 from transformer_grow.train.trainer import Trainer
@@ -34,8 +35,9 @@ def grow_trainer(trainer: Trainer, target: ModelConfig | dict | str, method: str
     ``optimizer="carry"`` grows the AdamW moments through the parameter map, ``"fresh"`` starts
     with none. ``preserve="dynamics"`` also keeps the small model's AdamW trajectory (moments on the
     gradient scale, per-element LR multipliers relaxed to 1 by ``dynamics_relax``; needs ``carry``).
-    ``rewarmup_steps``: linear LR re-warmup after growth. ``batch_size``: the global
-    batch from now on (``None``: unchanged). ``seed`` and ``grow_options`` go to
+    ``method="ligo"``: a learned LiGO operator trained on the trainer's next batches, then materialised
+    (:mod:`~transformer_grow.growth.ligo_phase`). ``rewarmup_steps``: linear LR re-warmup after growth.
+    ``batch_size``: the global batch from now on (``None``: unchanged). ``seed`` and ``grow_options`` go to
     :func:`~transformer_grow.grow.grow`. If growth fails (e.g. a bad target), the trainer goes on
     with its old model (distributed: wrapped again) and the error is re-raised.
     """
@@ -44,6 +46,10 @@ def grow_trainer(trainer: Trainer, target: ModelConfig | dict | str, method: str
             f"preserve={preserve!r} needs optimizer='carry' (its moments are part of the trajectory kept)")
     require(isinstance(rewarmup_steps, int) and rewarmup_steps >= 0,
             f"rewarmup_steps={rewarmup_steps!r} is not allowed; it must be an integer >= 0")
+    if method == "ligo":  # a learned operator, trained on the run's next batches (growth/ligo_phase.py)
+        return grow_trainer_ligo(trainer, target, optimizer=optimizer, rewarmup_steps=rewarmup_steps, seed=seed,
+                                 batch_size=batch_size, preserve=preserve, dynamics_relax=dynamics_relax,
+                                 **grow_options)
     plain, state = trainer.unwrap()
     try:
         result = growing.grow(plain, target, method, seed=seed, preserve=preserve, **grow_options)
@@ -64,6 +70,12 @@ def check_growth_events(plan: GrowthPlan) -> None:
     for i, stage in enumerate(plan.stages[1:], start=1):
         event, where = stage.growth, f"plan {plan.name!r}, {stage.label(i)}"
         options = dict(event.options)
+        if event.method == "ligo":
+            try:
+                check_ligo_event(plan.stages[i - 1].model, stage.model, options)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+            continue
         dims = {d: options.pop(d) for d in list(options) if d in growing_steps.CHOICES}
         noise, noise_std = options.pop("noise", "none"), options.pop("noise_std", 1e-3)
         try:

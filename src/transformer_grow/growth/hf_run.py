@@ -5,8 +5,8 @@ A run of an HF family trains our :class:`~transformer_grow.model.GPT` (the conve
 ones of every run. The family is recorded in the run: the trainer checkpoint's driver state
 ``hf_family`` and ``result.json`` hold :class:`~transformer_grow.hf.FamilyInfo` as a dict, and
 :func:`export_run` (``tgrow hf export RUN --out DIR``) writes the checkpointed model as
-``save_pretrained`` output, reloads it with ``AutoModelForCausalLM`` and records that its logits equal
-ours.
+``save_pretrained`` output, reloads it with ``AutoModelForCausalLM`` (BERT: ``AutoModelForMaskedLM``)
+and records that its logits equal ours.
 
 ``transformers`` is imported only when one of these functions runs: plain GPT runs do not need it.
 """
@@ -123,13 +123,13 @@ def export_run(run: str | Path, out: str | Path, family: str | None = None) -> d
 
     The family is the run's record (``hf_family``), or ``family`` (a family name such as ``llama``, for
     runs of our own models: that family's ``transformers`` defaults fill what our config does not say).
-    The directory is reloaded with ``AutoModelForCausalLM`` and its fp32 logits on a probe are compared
-    with our model's; ``out/export_record.json`` records the result. Returns the record.
+    The directory is reloaded with ``AutoModelForCausalLM`` (BERT: ``AutoModelForMaskedLM``) and its fp32
+    logits on a probe are compared with our model's; ``out/export_record.json`` records the result.
+    Returns the record.
     """
-    from transformers import AutoModelForCausalLM
 
     from transformer_grow.grow.report import EXACT_TOL, fp32_context
-    from transformer_grow.hf import FAMILIES, FamilyInfo, hf_logits
+    from transformer_grow.hf import FAMILIES, FamilyInfo, hf_logits, loader_class
     from transformer_grow.train.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_dir
 
     out = Path(out)
@@ -149,7 +149,8 @@ def export_run(run: str | Path, out: str | Path, family: str | None = None) -> d
     gpt = model_from_checkpoint(ckpt).float().eval()
     hf = to_hf_model(gpt, recorded)
     hf.save_pretrained(out)
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    reloaded = loader_class(gpt.config, FamilyInfo.from_dict({**recorded, "seq_len": gpt.config.seq_len})
+                            ).from_pretrained(out)
     probe = torch.randint(0, gpt.config.vocab_size, (2, gpt.config.seq_len),
                           generator=torch.Generator().manual_seed(PROBE_SEED))
     with fp32_context({"cpu"}), torch.no_grad():

@@ -68,11 +68,12 @@ from transformer_grow.growth.accounting import (
 from transformer_grow.growth.budget import BudgetSchedule, evaluate_fixed_windows
 from transformer_grow.growth.builders import PlanOptions, build_plan
 from transformer_grow.growth.event import check_growth_events, grow_trainer
+from transformer_grow.growth.experts import ExpertController, RoutingMonitor
 from transformer_grow.growth.hf_run import FAMILY_KEY, hf_target, is_hf_config, to_hf_model
 from transformer_grow.growth.plan import GrowthPlan, describe_config
 from transformer_grow.growth.record import EvalPoint, RunRecord
 from transformer_grow.growth.run_state import Counters, GrowthRunState, ScheduleStart
-from transformer_grow.growth.trigger import trigger_fires
+from transformer_grow.growth.trigger import stage_schedule, trigger_fires
 from transformer_grow.io import atomic_write_json, read_json
 from transformer_grow.model.config import FIXED_FIELDS, GROWABLE_FIELDS
 from transformer_grow.train.checkpoint import resolve_checkpoint_dir
@@ -180,6 +181,9 @@ class GrowthManager:
                 f"eval_windows={eval_windows!r} must be an integer >= 1")
         self.plan = plan
         self.train_config = train_config or TrainConfig(max_steps=1)
+        adaptation = getattr(plan, "expert_adaptation", None)  # the dynamic MoE plan's expert count
+        self.experts = None if adaptation is None else ExpertController(adaptation, self.train_config.seed)
+        self._routing, self._routing_points = RoutingMonitor(), []  # MoE routing at every evaluation
         self.tokens_per_step = self.train_config.batch_size * plan.target.seq_len
         self.account: PlanAccount = account_plan(plan, self.tokens_per_step)
         world_size = 1 if env is None else env.world_size
@@ -410,14 +414,18 @@ class GrowthManager:
         while True:
             index = state.stage
             stage = self.plan.stages[index]
+            self._rebudget_routed_stage()
             end = state.stage_end_step
             threshold = state.next_eval * self.budget / self.n_evals
             to_eval = max(1, math.ceil((threshold - self._spent()) / self._unit_cost() - 1e-9))
             n = min(end - t.step, to_eval)
             if limit_steps is not None:
                 n = min(n, limit_steps - t.step)
+            if self.experts is not None and self.experts.active(t.model):
+                n = min(n, self.experts.steps_to_next(t.step))
             if n > 0:
                 t.train_steps(n)
+                self._adapt_experts()
             last_stage = index == len(self.plan.stages) - 1
             evaluated = False
             if self._spent() >= threshold - 1e-6 * self.budget and state.next_eval <= self.n_evals:
@@ -444,9 +452,13 @@ class GrowthManager:
     def _evaluate(self) -> float:
         t = self.trainer
         batch = t.config.eval_batch_size or t.config.micro_batch_size
-        loss = evaluate_fixed_windows(t.model, self._windows, batch, t.device)
+        loss = evaluate_fixed_windows(t.model, self._windows, batch, t.device, t.window_loss)
         self.state.curve.append(EvalPoint(t.step, t.tokens, float(t.flops), t.wall_seconds, loss, self.state.stage))
         self.state.next_eval = math.floor(self._spent() / self.budget * self.n_evals + 1e-6) + 1
+        routing = self._routing.read(t.model)[0] if t.model.config.n_expert else {}
+        if routing:  # mean active experts per token and load balance since the last evaluation
+            self._routing_points.append({"step": t.step, "flops": float(t.flops), "stage": self.state.stage,
+                                         **{k: v for k, v in routing.items() if k != "layers"}})
         self._progress(loss)
         return loss
 
@@ -465,8 +477,11 @@ class GrowthManager:
         stage_points = [p for p in self.state.curve if p.stage == self.state.stage and p.step > 0]
         trigger = self.plan.stages[self.state.stage].trigger
         unit = "flops" if self.plan.budget_mode == "flops" else "tokens"
+        # The stage's learning rates: the trigger then fits the schedule-aware (multi-power) law.
+        schedule = stage_schedule(self.trainer, self.state.stage_start.step, [p.step for p in stage_points],
+                                  self._spent(), self._unit_cost(), trigger, self.budget)
         fires, note = trigger_fires([getattr(p, unit) for p in stage_points], [p.val_loss for p in stage_points],
-                                    trigger, self.budget)
+                                    trigger, self.budget, schedule)
         if fires:
             self.state.trigger_notes.append(note)
             self._say(f"trigger: {note}")
@@ -480,7 +495,8 @@ class GrowthManager:
         event = new_stage.growth
         finished_stage = self._stage_record()  # appended only once growth succeeded: after a failure the stage goes on
         loss_before = state.curve[-1].val_loss if state.curve[-1].step == t.step \
-            else evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device)
+            else evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device,
+                                       t.window_loss)
         with t.timed():  # growth counts as training time; grow_trainer re-wraps a DDP/FSDP model
             # The certificate is measured on real validation windows at the target's full length
             # (also covering the new positions after context growth).
@@ -502,7 +518,8 @@ class GrowthManager:
         state.stage = index + 1
         state.stage_start = self._counters()
         state.stage_end_step = self._stage_end_step(index + 1)
-        loss_after = evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device)
+        loss_after = evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device,
+                                       t.window_loss)
         report = result.report
         state.events.append({
             "step": t.step, "tokens": t.tokens, "flops": t.flops, "wall_seconds": t.wall_seconds,
@@ -517,6 +534,33 @@ class GrowthManager:
         self._say(f"grew to {describe_config(new_config)} at step {t.step}: val loss {loss_before:.4f} -> "
                   f"{loss_after:.4f} ({report.method})")
 
+    def _rebudget_routed_stage(self) -> None:
+        """The last stage of a top-any MoE in FLOPs mode ends where its *measured* FLOPs (the routers'
+        actual choices, not the planned ``moe_top_k``) bring the run closest to the budget."""
+        t, state = self.trainer, self.state
+        done = t.step - state.stage_start.step
+        if (state.stage != len(self.plan.stages) - 1 or self.plan.budget_mode != "flops" or done <= 0
+                or t.model.config.moe_router != "topany" or not t.model.config.n_expert):
+            return
+        measured = (t.flops - state.stage_start.flops) / done  # FLOPs per step so far in this stage
+        state.stage_end_step = t.step + max(0, round((self.budget - self._spent()) / measured))
+
+    def _adapt_experts(self) -> None:
+        """The dynamic expert count (:mod:`~transformer_grow.growth.experts`); a change of the experts is
+        recorded like a growth event (its certificate measured on the validation windows)."""
+        if self.experts is None:
+            return
+        t = self.trainer
+        with t.timed():
+            event = self.experts.after_steps(t, probe=self._windows[:PROBE_WINDOWS])
+        if event is None:
+            return
+        self.state.events.append({"step": t.step, "tokens": t.tokens, "flops": t.flops,
+                                  "wall_seconds": t.wall_seconds, "from_stage": self.state.stage,
+                                  "to_stage": self.state.stage, **event})
+        t.log(event="experts", operator=event["operator"], experts=event["experts"])
+        self._say(f"step {t.step}: {event['description']}")
+
     def _stage_record(self) -> dict:
         """The current stage's entry of the run record (model, steps, tokens, FLOPs, time so far)."""
         t, index = self.trainer, self.state.stage
@@ -526,6 +570,7 @@ class GrowthManager:
             "steps": t.step - begin.step, "tokens": t.tokens - begin.tokens,
             "flops": t.flops - begin.flops, "flops_per_token": flops_per_token(cfg),
             "wall_seconds": t.wall_seconds - begin.wall_seconds,
+            **({"routing": points} if (points := [p for p in self._routing_points if p["stage"] == index]) else {}),
         }
 
     # ---------------------------------------------------------------- results

@@ -83,7 +83,8 @@ def key_map(config: ModelConfig, block_keys: list[str], family: Family) -> dict[
     def add(ours: str, piece: Piece, hf: str, expert: int | None) -> None:
         slots[ours] = Slot(hf, piece.transpose, expert, piece.part)
 
-    for template, piece in family.keys.items():
+    templates = family.keys if config.tie_embeddings else {**family.keys, **dict(family.untied_keys)}
+    for template, piece in templates.items():
         if "{b}" not in template:
             add(template, piece, piece.hf, None)
             continue
@@ -178,7 +179,8 @@ def config_from_hf(model: nn.Module, seq_len: int | None = None) -> ModelConfig:
 
 
 def load_hf(path: str | Path) -> nn.Module:
-    """A supported ``transformers`` causal LM from a local ``save_pretrained`` directory (never a download);
+    """A supported ``transformers`` LM (causal, or BERT's masked LM) from a local ``save_pretrained`` directory
+    (never a download);
     :class:`ConfigError` naming the supported classes for any other architecture."""
     path = Path(path)
     require((path / "config.json").is_file(), f"{str(path)!r} is not a Hugging Face model directory "
@@ -194,6 +196,10 @@ def load_hf(path: str | Path) -> nn.Module:
 def export_family(config: ModelConfig, info: FamilyInfo) -> Family:
     """The family a GPT of ``config`` is exported to: the source's, or its MoE counterpart."""
     family = FAMILIES[info.family]
+    if config.share != "none":
+        raise ConfigError(f"share={config.share!r}: transformers' {family.hf_class} stores every layer's weights; "
+                          "unshare the model first (tgrow grow --method unshare, or grow(model, {'share': 'none'}, "
+                          "method='unshare'))")
     if config.n_expert and family.moe_family is None:
         raise ConfigError(f"{family.hf_class} has no mixture-of-experts counterpart in transformers; "
                           f"experts can be exported for: "
@@ -201,6 +207,12 @@ def export_family(config: ModelConfig, info: FamilyInfo) -> Family:
     family = FAMILIES[family.moe_family] if config.n_expert else family
     family.check_exportable(config)
     return family
+
+
+def loader_class(config: ModelConfig, info: FamilyInfo):
+    """The ``transformers`` Auto class that loads the export of a GPT of ``config`` (``AutoModelForCausalLM``;
+    ``AutoModelForMaskedLM`` for BERT)."""
+    return getattr(transformers, export_family(config, info).auto_class)
 
 
 def hf_config_for(config: ModelConfig, info: FamilyInfo):
@@ -290,7 +302,7 @@ def state_to_hf(state: StateByName, gpt: GPT, info: FamilyInfo) -> StateByName:
 
 @torch.no_grad()
 def hf_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """fp32 logits ``[B, T, vocab]`` of a ``transformers`` causal LM in eval mode (no cache)."""
+    """fp32 logits ``[B, T, vocab]`` of a ``transformers`` LM in eval mode (no cache; BERT: token types 0)."""
     was_training = model.training
     model.eval()
     try:

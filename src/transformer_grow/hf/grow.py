@@ -7,8 +7,12 @@ our GPT), the growth (our report), the export (our grown GPT vs the grown HF mod
 end-to-end max |dlogits| exceeds ``exact_tol`` raises :class:`GrowthCertificateError`, as in ``grow``.
 
 ``save_grown(growth, out)`` writes ``save_pretrained`` safetensors plus ``growth_record.json`` (source,
-operators, measured preservation), reloads the directory with ``AutoModelForCausalLM`` and records
-that the reloaded model gives the logits that were measured.
+operators, measured preservation), reloads the directory with ``AutoModelForCausalLM`` (BERT:
+``AutoModelForMaskedLM``) and records that the reloaded model gives the logits that were measured.
+
+The losses in the record are next-token cross-entropies on the probe for a causal LM; for a masked LM
+(BERT, bidirectional) the cross-entropy of every position's own token on the unmasked probe (what the
+MLM head predicts; the max |dlogits| is the certificate either way).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from transformer_grow.errors import require
 from transformer_grow.grow import grow, grow_optimizer_state
 from transformer_grow.grow.build import probe_for
 from transformer_grow.grow.report import EXACT_TOL, GrowthCertificateError, GrowthResult, fp32_context
-from transformer_grow.hf.convert import FamilyInfo, from_hf, hf_logits, state_from_hf, state_to_hf, to_hf
+from transformer_grow.hf.convert import FamilyInfo, from_hf, hf_logits, loader_class, state_from_hf, state_to_hf, to_hf
 from transformer_grow.io import atomic_write_json
 from transformer_grow.model import ModelConfig
 from transformer_grow.optim_state import StateByName
@@ -91,6 +95,8 @@ def grow_hf(
     gpt, info = from_hf(model, seq_len)
     probe_batch = probe_for(gpt.config, probe)
     x, y = probe_batch.batch
+    if not gpt.config.causal:  # a masked LM predicts each position's own token (module docstring)
+        y = x
     devices = {p.device.type for p in model.parameters()}
     with fp32_context(devices):
         before = hf_logits(_fp32_copy(model), x)
@@ -140,13 +146,12 @@ def grow_hf(
 
 def save_grown(growth: HFGrowth, out: str | Path) -> dict[str, Any]:
     """Write the grown model (``save_pretrained``: config + safetensors) and ``growth_record.json`` to
-    ``out``; reload it with ``AutoModelForCausalLM`` and record its max |dlogits| against the grown model
-    on the probe (``reload_max_abs_dlogits``, 0 up to fp32 rounding). Returns the record."""
-    from transformers import AutoModelForCausalLM
-
+    ``out``; reload it with ``AutoModelForCausalLM`` (BERT: ``AutoModelForMaskedLM``) and record its max
+    |dlogits| against the grown model on the probe (``reload_max_abs_dlogits``, 0 up to fp32 rounding).
+    Returns the record."""
     out = Path(out)
     growth.model.save_pretrained(out)
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    reloaded = loader_class(growth.result.model.config, growth.info).from_pretrained(out)
     with fp32_context({"cpu"} | {p.device.type for p in growth.model.parameters()}):
         expected = hf_logits(_fp32_copy(growth.model), growth.probe)
         got = hf_logits(_fp32_copy(reloaded), growth.probe)

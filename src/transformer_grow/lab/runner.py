@@ -18,14 +18,15 @@ Records hold ``n_params_nonembedding``, ``n_params`` (the final model's), ``toke
 
 Early stopping (scratch runs only; a growth run's curve jumps at growth, so extrapolating its early
 part says nothing about the end): at every evaluation after ``min_fraction`` of the run, the partial
-curve is fitted with the LR-annealing law of Tissue et al. 2024 (:func:`fit_learning_curve` with the
-run's learning rates) and the run stops when :func:`should_stop_early` says that even the optimistic
-end of the interval at the last step is worse than the best loss any finished run of the same plan
-and settings reached at the same number of tokens, plus ``margin``. "Reached at the same tokens" reads
-the other runs' validation curves (linear interpolation); a longer run's mid-curve loss has not been
-annealed yet, so this comparison is conservative. An early-stopped record has ``early_stopped: true``,
-``final_val_loss: null`` (it was not trained to its budget), ``predicted_final_loss`` and its interval;
-fits leave it out by default (:func:`~transformer_grow.lab.grid.select_records`).
+curve is fitted with the schedule-aware multi-power law of Luo et al. 2025 (:func:`fit_learning_curve`
+with the run's learning rates; the best law in ``benchmarks/learning_curves.py``) and the run stops
+when :func:`should_stop_early` says that even the optimistic end of the interval at the last step is
+worse than the best loss any finished run of the same plan and settings reached at the same number of
+tokens, plus ``margin``. "Reached at the same tokens" reads the other runs' validation curves (linear
+interpolation); a longer run's mid-curve loss has not been annealed yet, so this comparison is
+conservative. An early-stopped record has ``early_stopped: true``, ``final_val_loss: null`` (it was
+not trained to its budget), ``predicted_final_loss`` and its interval; fits leave it out by default
+(:func:`~transformer_grow.lab.grid.select_records`).
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ class RotaryEmbedding(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head (or grouped-query) causal self-attention through ``scaled_dot_product_attention``."""
+    """Multi-head (or grouped-query) self-attention through ``scaled_dot_product_attention``: causal, or
+    bidirectional for an encoder (``causal=False``, BERT)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -68,6 +69,7 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, config.d_kv, bias=qkv_bias)
         self.o_proj = nn.Linear(config.d_attn, config.d_model, bias=config.bias)
         self.dropout = config.dropout
+        self.causal = config.causal
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -81,17 +83,25 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(repeat, dim=1)
             v = v.repeat_interleave(repeat, dim=1)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
         )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
+def gelu_approximation(config: ModelConfig) -> str:
+    """``F.gelu``'s ``approximate``: ``"none"`` (exact erf GELU, BERT) for ``mlp="gelu_erf"``, else the tanh
+    approximation (GPT-2's ``gelu_new``; Hendrycks & Gimpel 2016 give both)."""
+    return "none" if config.mlp == "gelu_erf" else "tanh"
+
+
 class MLP(nn.Module):
-    """Feed-forward network: GELU (GPT-2) or SwiGLU (Shazeer 2020, eq. 6: ``(silu(x W) * x V) W2``)."""
+    """Feed-forward network: GELU (GPT-2: tanh approximation; BERT: exact erf) or SwiGLU (Shazeer 2020,
+    eq. 6: ``(silu(x W) * x V) W2``)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        self.approximate = gelu_approximation(config)
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
         if self.swiglu:
             self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
@@ -101,8 +111,32 @@ class MLP(nn.Module):
         if self.swiglu:
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         else:
-            h = F.gelu(self.up_proj(x), approximate="tanh")
+            h = F.gelu(self.up_proj(x), approximate=self.approximate)
         return self.down_proj(h)
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM prediction head (Devlin et al. 2019; ``BertLMPredictionHead``): the hidden state
+    goes through ``dense`` (d -> d), GELU and a norm, then the output weight (the token embedding when
+    tied) and a per-token ``bias``: ``logits = norm(gelu(dense(h))) @ W_out^T + bias``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model, bias=True)
+        self.norm = build_norm(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.approximate = gelu_approximation(config)
+
+    def reset_parameters(self) -> None:
+        """The vocabulary bias starts at zero (``dense`` and ``norm`` initialise themselves)."""
+        nn.init.zeros_(self.bias)
+
+    def init_parameters(self, config: ModelConfig) -> None:  # called by GPT.init_weights
+        self.reset_parameters()
+
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        h = self.norm(F.gelu(self.dense(hidden), approximate=self.approximate))
+        return F.linear(h, weight, self.bias)
 
 
 # ------------------------------------------------------------------------ fused output head + loss

@@ -35,17 +35,31 @@ def parse_size(text: str) -> int:
 
 
 def count_params(cfg: ModelConfig) -> int:
-    """Total parameters of a GPT of ``cfg`` (embeddings and an untied head included), without building it."""
+    """Total parameters of a GPT of ``cfg`` (embeddings and an untied head included), without building it.
+
+    Closed form for the usual configs (``target_for_size`` evaluates it for many candidates); a model
+    with cross-layer sharing or per-layer expert counts is counted on the meta device (no memory)."""
+    if cfg.share != "none" or cfg.moe_layer_experts is not None:
+        import torch
+
+        from transformer_grow.model.gpt import GPT
+
+        with torch.device("meta"):
+            return GPT(cfg).num_params(non_embedding=False)
     d = cfg.d_model
     attn = d * cfg.d_attn * 2 + d * cfg.d_kv * 2
     bias = (cfg.d_attn + 2 * cfg.d_kv) if (cfg.bias or cfg.qkv_bias) else 0
     mats = 3 if cfg.mlp == "swiglu" else 2
     ffn = mats * d * cfg.d_ff + (cfg.d_ff * (mats - 1) + d if cfg.bias else 0)
-    ffn = ffn * max(1, cfg.n_expert) + d * cfg.n_expert
+    router = d * cfg.n_expert + (cfg.n_expert if cfg.moe_router == "topany" else 0)  # top-any: thresholds
+    ffn = ffn * max(1, cfg.n_expert) + router
     norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
     per_layer = attn + bias + (d if cfg.bias else 0) + ffn + 2 * norm
     embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2) + (cfg.seq_len * d if cfg.pos == "learned" else 0)
-    return cfg.n_layer * per_layer + embed + norm
+    embed += cfg.type_vocab_size * d + (norm if cfg.emb_norm else 0)  # BERT: token types, embedding norm
+    final_norm = norm if cfg.norm_placement == "pre" else 0  # post-LN blocks end in their own norm
+    head = d * d + d + norm + cfg.vocab_size if cfg.head == "mlm" else 0  # dense + bias, norm, decoder bias
+    return cfg.n_layer * per_layer + embed + final_norm + head
 
 
 def target_for_size(source: ModelConfig, size: str | int) -> ModelConfig:

@@ -18,6 +18,7 @@ from transformer_grow.errors import ConfigError, choice, require
 SCHEDULES = ("cosine", "wsd", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "bf16")
+OBJECTIVES = ("auto", "clm", "mlm")  # see transformer_grow.train.mlm
 
 
 # Upper bounds: far beyond any run of this library, low enough that a mistyped value (1e11 sequences
@@ -89,6 +90,11 @@ class TrainConfig:
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
         dtype: ``auto`` (bf16 autocast on CUDA, else fp32), ``fp32`` or ``bf16`` (bf16 on CPU is opt-in).
         compile: ``torch.compile`` the model.
+        objective: ``auto`` (``clm`` for a causal model, ``mlm`` for a bidirectional one), ``clm`` (next-token
+            prediction) or ``mlm`` (masked language modelling, BERT; Devlin et al. 2019).
+        mask_token_id: ``mlm``: the ``[MASK]`` input id; default the model's last id, which must then lie
+            outside the data's vocabulary.
+        mlm_probability: ``mlm``: share of positions chosen for prediction (80% masked, 10% random, 10% kept).
     """
 
     # Budget and batch.
@@ -118,6 +124,10 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    # Objective (masked LM for bidirectional models).
+    objective: str = "auto"
+    mask_token_id: int | None = None
+    mlm_probability: float = 0.15
 
     def __post_init__(self) -> None:
         self.validate()
@@ -177,6 +187,11 @@ class TrainConfig:
         choice("schedule", self.schedule, SCHEDULES)
         choice("device", self.device, DEVICES)
         choice("dtype", self.dtype, DTYPES)
+        choice("objective", self.objective, OBJECTIVES)
+        require(self.mask_token_id is None or (_is_int(self.mask_token_id) and 0 <= self.mask_token_id < 1 << 32),
+                f"mask_token_id={self.mask_token_id!r} is not allowed; it must be a token id >= 0 (or unset)")
+        require(_is_number(self.mlm_probability) and 0 < self.mlm_probability < 1,
+                f"mlm_probability={self.mlm_probability!r} is not allowed; it must lie in (0, 1)")
         for name in ("compile", "tensorboard"):
             value = getattr(self, name)
             require(isinstance(value, bool), f"{name}={value!r} is not allowed; it must be true or false")

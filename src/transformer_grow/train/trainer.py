@@ -51,6 +51,7 @@ from transformer_grow.train.checkpoint import (
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.evaluate import evaluate_windows
 from transformer_grow.train.metrics import METRICS_FILENAME, MetricsLog, ProgressBar, truncate_metrics
+from transformer_grow.train.mlm import MaskedLM, evaluate_masked, masked_lm_for
 from transformer_grow.train.optim import LRMultipliers, adamw_step, build_optimizer
 from transformer_grow.train.schedule import LRSchedule, Rewarmup, lr_at
 
@@ -143,6 +144,9 @@ class Trainer:
 
     def _install_model(self, model: GPT) -> None:
         """Hand ``model`` to ``parallel`` (moved, wrapped, compiled) and build its optimizer (fresh state)."""
+        cfg = self.config  # the objective follows the model: masked LM for a bidirectional one (train/mlm.py)
+        self.objective: MaskedLM | None = masked_lm_for(cfg.objective, cfg.mask_token_id, cfg.mlm_probability,
+                                                        model.config, self.data.vocab_size)
         self.model, self._forward_model = self.parallel.wrap(model, self.device, compile=self.config.compile)
         self.model.train()
         self.optimizer = build_optimizer(self.model, self.config, self.device)
@@ -257,6 +261,23 @@ class Trainer:
         require(isinstance(state, dict), f"driver state {key!r} must be a dict, got {type(state).__name__}")
         self._driver_state[key] = state
 
+    def draw_batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next training batch ``(x, y)`` (this process's share), for work outside a normal step
+        (e.g. training a LiGO growth operator, growth/ligo_phase.py). The data position (``step``)
+        advances, so training goes on with the batch after it and a resumed run reads the same
+        batches; count the work's cost with :meth:`add_spent`. ``batch_size``: global, default the run's."""
+        x, y = self.data.batch(self.step, batch_size or self.config.batch_size, self.seq_len, self.config.seed)
+        self.step += 1
+        return x, y
+
+    def add_spent(self, tokens: int, flops: int) -> None:
+        """Count ``tokens`` and ``flops`` (global, all processes) spent outside a normal step: they go to
+        the budget counters, metrics and checkpoints like a step's."""
+        require(isinstance(tokens, int) and tokens >= 0 and isinstance(flops, int) and flops >= 0,
+                f"add_spent(tokens={tokens!r}, flops={flops!r}) needs integers >= 0")
+        self.tokens += tokens
+        self.flops += flops
+
     # -------------------------------------------------------------- training
     def done(self) -> bool:
         """Whether the budget (``max_steps`` / ``max_tokens``) is reached."""
@@ -308,6 +329,9 @@ class Trainer:
             group["lr"] = lr
         start = time.perf_counter()
         x, y = self.data.batch(it, cfg.batch_size, self.seq_len, cfg.seed)
+        if self.objective is not None:  # masked LM: corrupt x, predict the chosen tokens (y is not used)
+            rank = self.parallel.env.rank if hasattr(self.parallel, "env") else 0  # one mask stream per rank
+            x, y = self.objective.train_batch(x, it, cfg.seed, rank)
         ce, objective = self.forward_backward(x, y)
         if not math.isfinite(objective):
             raise self._diverged("loss", objective, it + 1)
@@ -321,7 +345,7 @@ class Trainer:
         n_tokens = x.numel() * self.parallel.world_size  # the global batch: every rank takes an equal share
         self.step += 1
         self.tokens += n_tokens
-        self.flops += self._flops_per_token * n_tokens
+        self.flops += self._step_flops_per_token() * n_tokens
         self.wall_seconds += elapsed
         self.last_train_loss = ce
         self._window["loss"] += ce
@@ -330,6 +354,15 @@ class Trainer:
         self._window["seconds"] += elapsed
         self._window["lr"] = lr
         return ce
+
+    def _step_flops_per_token(self) -> int | float:
+        """FLOPs per token of the step just taken: the model's fixed count, or for a top-any MoE the
+        count measured from its routers' choices in this step (averaged over ranks, so that every
+        rank keeps the same FLOP counter)."""
+        measured = self.model.routed_flops_per_token(self.seq_len)
+        if measured is None:
+            return self._flops_per_token
+        return round(self.parallel.mean_over_ranks([measured])[0])
 
     def _reset_window(self) -> None:
         self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0, "lr": self.lr}
@@ -401,9 +434,16 @@ class Trainer:
         if key not in self._val_windows:
             self._val_windows[key] = self.data.val_windows(*key)
         batch_size = self.config.eval_batch_size or self.config.micro_batch_size
-        self.last_val_loss = evaluate_windows(self.model, self._val_windows[key], batch_size, self.device)
+        self.last_val_loss = self.window_loss(self.model, self._val_windows[key], batch_size, self.device)
         self._evaluated_at = self.step
         return self.last_val_loss
+
+    def window_loss(self, model: GPT, windows: torch.Tensor, batch_size: int, device: torch.device) -> float:
+        """Validation loss of ``model`` on ``windows`` under this run's objective: next-token cross-entropy
+        (:func:`evaluate_windows`), or masked LM under the fixed validation mask (:func:`evaluate_masked`)."""
+        if self.objective is None:
+            return evaluate_windows(model, windows, batch_size, device)
+        return evaluate_masked(model, windows, batch_size, device, self.objective)
 
     def log(self, **fields: Any) -> None:
         """Append a record (with the current step, tokens, FLOPs and time) to the metrics, e.g. an event."""
