@@ -144,3 +144,22 @@ def test_cli_share_writes_a_checkpoint_that_stores_shared_tensors_once(tmp_path,
     grown = json.loads((tmp_path / "grown" / "growth_report.json").read_text())
     assert grown["kind"] == "exact" and grown["max_abs_dlogits"] <= 1e-4
     assert load_checkpoint(tmp_path / "grown").model_config == model.config  # the original architecture again
+
+
+def test_cli_grow_of_a_shared_checkpoint_unshares_it(tmp_path, capsys):
+    model = GPT(ModelConfig(**CONFIG, share="cycle", share_groups=2))
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "src", Checkpoint(model.config, model.block_keys, state, None, {"step": 0}))
+    rc, _, err = tgrow(capsys, "grow", tmp_path / "src", "--method", "unshare", "--out", tmp_path / "un")
+    assert rc == 0, err  # no --to: the same model, unshared
+    assert load_checkpoint(tmp_path / "un").model_config == model.config.replace(share="none")
+    (tmp_path / "deeper.yaml").write_text("n_layer: 8\n")
+    rc, _, err = tgrow(capsys, "grow", tmp_path / "src", "--to", tmp_path / "deeper.yaml", "--method", "unshare+stack",
+                       "--out", tmp_path / "deep")
+    assert rc == 0, err  # a target given: unshared (a shared model grows only by unsharing first), then stacked
+    grown = load_checkpoint(tmp_path / "deep").model_config
+    assert (grown.share, grown.n_layer) == ("none", 8)
+    rc, _, err = tgrow(capsys, "grow", tmp_path / "un", "--method", "unshare", "--out", tmp_path / "again")
+    assert rc == 2 and "has no cross-layer sharing" in err
+    rc, _, err = tgrow(capsys, "grow", tmp_path / "src", "--out", tmp_path / "none")
+    assert rc == 2 and "--to is required" in err

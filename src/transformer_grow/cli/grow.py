@@ -62,10 +62,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "at most 2048)")
     parser.add_argument(
         "--to",
-        required=True,
+        default=None,
         metavar="PRESET_OR_FILE",
         help=f"target: a preset ({', '.join(PRESETS)}) or a YAML/JSON file of model settings "
-        "(missing settings keep the checkpoint's values)",
+        "(missing settings keep the checkpoint's values); a checkpoint with cross-layer sharing grows unshared; "
+        "not needed with --method unshare (the same model, unshared)",
     )
     parser.add_argument(
         "--out",
@@ -154,8 +155,21 @@ def _index_list(text: str | None, flag: str) -> list[int] | None:
         raise ConfigError(f"{flag} {text!r} must be comma-separated integers, e.g. 0,1,2,3") from None
 
 
-def resolve_target(to: str, source: ModelConfig) -> ModelConfig:
-    """``--to``: a preset name, or a config file whose model settings override the checkpoint's."""
+def resolve_target(to: str | None, source: ModelConfig, method: str | None = None) -> ModelConfig:
+    """``--to``: a preset name, or a config file whose model settings override the checkpoint's. A shared
+    model (cross-layer sharing) can only grow by unsharing first, so its target is unshared unless the
+    file says otherwise; without ``--to``, ``--method unshare`` unshares the model and changes nothing else."""
+    if to is None:
+        require(method == "unshare", "--to is required (a preset or a YAML/JSON file), except with --method unshare")
+        require(source.share != "none", "--method unshare: this checkpoint has no cross-layer sharing (share='none')")
+        return source.replace(share="none")
+    target = _target_from(to, source)
+    if source.share != "none" and target.share == source.share:
+        target = target.replace(share="none")
+    return target
+
+
+def _target_from(to: str, source: ModelConfig) -> ModelConfig:
     if to in PRESETS:
         return target_config(source, to)
     require(
@@ -234,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     require(args.checkpoint is not None, "give CHECKPOINT_DIR (a checkpoint or run directory) or --hf PATH")
     refuse_existing_checkpoint(out, args.out)
     ckpt = load_checkpoint(args.checkpoint)
-    target = resolve_target(args.to, ckpt.model_config)
+    target = resolve_target(args.to, ckpt.model_config, args.method)
     options, choices = operator_arguments(args)
     plan(
         ckpt.model_config,

@@ -90,6 +90,7 @@ def grow_hf_dir(args: argparse.Namespace) -> int:
     out = Path(args.out)
     require(not out.exists() or not any(out.iterdir()), f"--out {args.out!r} is not empty; choose another directory")
     require(args.hf_seq_len is None or args.hf_seq_len > 0, f"--hf-seq-len={args.hf_seq_len} must be positive")
+    require(args.to is not None, "--hf needs --to: a size (e.g. 350M), a preset or a YAML/JSON file")
     model = load_hf(args.hf)
     source = config_from_hf(model, args.hf_seq_len)
     target = target_for_size(source, args.to) if is_size(args.to) else resolve_target(args.to, source)
