@@ -207,3 +207,27 @@ def test_interleaved_compare_killed_midway_resumes_every_run(text_dir, tmp_path)
         assert [p["val_loss"] for p in a["curve"]] == pytest.approx([p["val_loss"] for p in b["curve"]], abs=1e-5)
         assert [p["flops"] for p in a["curve"]] == [p["flops"] for p in b["curve"]]
     assert resumed["settings"]["interleaved"] is True
+
+
+def test_report_lists_growth_expert_and_ligo_events_and_the_final_routing():
+    from transformer_grow.compare.sections import events_lines
+
+    grow = {"step": 40, "flops": 2.5e9, "operator": "depth=stack", "kind": "approximate", "val_loss_before": 2.5,
+            "val_loss_after": 2.75, "ligo_steps": 5, "ligo_tokens": 20480, "ligo_flops": 6.06e9,
+            "ligo_loss_first": 2.7, "ligo_loss_last": 2.55, "ligo_bound_bytes": 3 * 2**20}
+    experts = {"step": 60, "flops": 7.5e9, "operator": "experts=adapt", "kind": "exact", "experts_before": [4, 4],
+               "experts": [3, 5]}
+    routing = {"step": 80, "flops": 1e10, "stage": 1, "mean_active_experts": 1.5, "unrouted": 0.02,
+               "load_imbalance": 1.25, "experts": [3, 5]}
+    report = {"runs": [{"name": "scratch", "total_flops": 1e10, "events": [], "stages": [{}]},
+                       {"name": "ligo", "total_flops": 1e10, "events": [grow], "stages": [{}, {}]},
+                       {"name": "dynamic", "total_flops": 1e10, "events": [experts],
+                        "stages": [{}, {"routing": [routing]}]}]}
+    lines = events_lines(report)
+    assert not any("scratch" in line for line in lines)  # nothing happened to the baseline
+    assert lines[1] == ("  - step 40 (25% of the FLOPs): depth=stack (approximate); val loss 2.5000 -> 2.7500; LiGO "
+                        "phase 5 steps on 20,480 tokens, 6.06e+09 FLOPs (counted), its loss 2.7000 -> 2.5500, "
+                        "memory bound 3.00 MiB")
+    assert lines[3] == "  - step 60 (75% of the FLOPs): experts per layer [4, 4] -> [3, 5] (exact)"
+    assert lines[4] == ("  - routing at the end: 1.50 active experts per token, 2.0% of tokens fired no expert, load "
+                        "imbalance 1.25 (1 = balanced), experts per layer [3, 5]")

@@ -161,6 +161,8 @@ def test_manager_runs_the_ligo_plan_on_its_accounted_budget(data):
     assert manager.trainer.step == manager.account.total_steps
     event = result.record.events[0]
     assert event["operator"] == "ligo(depth=stack)" and event["kind"] == "none"
+    plan_phase = manager.account.stages[1]  # the run record carries the phase's steps and counted FLOPs
+    assert event["ligo_steps"] == 4 and event["ligo_flops"] == plan_phase.growth_flops > 0
     assert result.model.config.n_layer == 4 and np.isfinite(result.final_val_loss)
 
 

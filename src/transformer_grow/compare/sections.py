@@ -58,6 +58,44 @@ def budget_table(budgets: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _event_line(event: dict[str, Any], budget: float) -> str:
+    """One growth or expert event: where, what, the measured loss change; a LiGO phase's cost."""
+    where = f"step {event['step']:,}" + (f" ({event['flops'] / budget:.0%} of the FLOPs)" if budget else "")
+    if "experts_before" in event:  # an expert-count change of the dynamic MoE plan
+        text = f"experts per layer {event['experts_before']} -> {event['experts']} ({event['kind']})"
+    else:
+        text = f"{event['operator']} ({event['kind']}); val loss {event['val_loss_before']:.4f} -> " \
+               f"{event['val_loss_after']:.4f}"
+    if event.get("ligo_steps") is not None:
+        loss = "" if event.get("ligo_loss_first") is None else \
+            f", its loss {event['ligo_loss_first']:.4f} -> {event['ligo_loss_last']:.4f}"
+        text += (f"; LiGO phase {event['ligo_steps']} steps on {event['ligo_tokens']:,} tokens, "
+                 f"{event['ligo_flops']:.3g} FLOPs (counted){loss}, "
+                 f"memory bound {event['ligo_bound_bytes'] / 2**20:.2f} MiB")
+    return f"{where}: {text}"
+
+
+def events_lines(report: dict[str, Any]) -> list[str]:
+    """Per run of the first seed: its growth and expert events and, for MoE runs, the routing at the end."""
+    lines: list[str] = []
+    for run in report.get("runs", []):
+        events = run.get("events", [])
+        routing = [p for stage in run.get("stages", []) for p in stage.get("routing", [])]
+        if not events and not routing:
+            continue
+        budget = run["total_flops"]
+        lines += [f"- **{run['name']}**: " + ("no growth event" if not events else f"{len(events)} event(s)")]
+        lines += [f"  - {_event_line(e, budget)}" for e in events[:12]]
+        if len(events) > 12:
+            lines.append(f"  - ... {len(events) - 12} more in report.json")
+        if routing:
+            last = routing[-1]
+            lines.append(f"  - routing at the end: {last['mean_active_experts']:.2f} active experts per token, "
+                         f"{last['unrouted']:.1%} of tokens fired no expert, load imbalance "
+                         f"{last['load_imbalance']:.2f} (1 = balanced), experts per layer {last['experts']}")
+    return lines
+
+
 def extra_sections(report: dict[str, Any]) -> list[str]:
     """The sections present in ``report``: regime, over seeds, verdicts, per seed, budgets."""
     lines: list[str] = []
@@ -69,6 +107,9 @@ def extra_sections(report: dict[str, Any]) -> list[str]:
         lines += ["## Verdicts (equal FLOPs)", ""]
         lines += [f"- {line}" for v in report["verdicts"].values() for line in v["lines"]]
         lines.append("")
+    events = events_lines(report)
+    if events:
+        lines += [f"## Growth and expert events (seed {report.get('seeds', ['0'])[0]})", "", *events, ""]
     if report.get("per_seed") and len(report["per_seed"]) > 1:
         lines += ["## Per seed", "", *per_seed_table(report), ""]
     if report.get("budgets"):

@@ -529,6 +529,7 @@ class GrowthManager:
             "val_loss_before": loss_before, "val_loss_after": loss_after,
             "description": f"{report.method} ({report.kind}); val loss {loss_before:.4f} -> {loss_after:.4f}; "
                            f"optimizer {event.optimizer}, re-warmup {event.rewarmup_steps} steps",
+            **{k: v for k, v in report.options.items() if k.startswith("ligo_")},  # a LiGO phase: steps, FLOPs, memory
         })
         t.log(event="growth", operator=report.method, val_loss_before=loss_before, val_loss_after=loss_after)
         self._say(f"grew to {describe_config(new_config)} at step {t.step}: val loss {loss_before:.4f} -> "
