@@ -31,22 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer_grow.model.config import ModelConfig
-from transformer_grow.model.dynmoe import RoutingCounts, TopAnyRouter
+from transformer_grow.model.dynmoe import RoutingCounts, TopAnyRouter, balance_loss
 from transformer_grow.model.layers import MLP
 
-
-def load_balancing_loss(probs: torch.Tensor, expert_index: torch.Tensor, n_expert: int) -> torch.Tensor:
-    """Switch Transformer auxiliary loss (Fedus et al. 2022, eq. 4): ``n_expert * sum_i f_i * P_i``.
-
-    ``probs`` [N, E] are the router probabilities of N tokens, ``expert_index`` [N, k] the chosen
-    experts. ``f_i`` is the fraction of the N*k routing assignments that went to expert i (for k = 1
-    the fraction of tokens, as in the paper), ``P_i`` the mean router probability of expert i. It is
-    1 under perfectly uniform routing and grows as routing concentrates; only ``P`` carries gradient.
-    """
-    counts = torch.bincount(expert_index.reshape(-1), minlength=n_expert).to(probs.dtype)
-    fraction = counts / expert_index.numel()
-    mean_prob = probs.mean(dim=0)
-    return n_expert * torch.sum(fraction * mean_prob)
+# The Switch Transformer balance loss (Fedus et al. 2022, eq. 4), shared by both routers.
+load_balancing_loss = balance_loss
 
 
 def dispatch(tokens: torch.Tensor, experts: nn.ModuleList, token_index: torch.Tensor, expert_index: torch.Tensor,
