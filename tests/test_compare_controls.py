@@ -77,15 +77,16 @@ def test_verdicts_against_the_baseline_and_the_small_only_control():
     v = report["verdicts"]
     assert (v["g_stack"]["vs_baseline"]["beats"], v["g_stack"]["vs_control"]["beats"]) == (True, True)
     assert v["g_stack"]["lines"][0].startswith("g_stack: beats the baseline (loss -0.7000, 1 seed: no interval) and "
-                                               "its small-only control small-only:L1 (loss -0.2000")
+                                               "beats its small-only control small-only:L1 (loss -0.2000")
     assert len(v["g_stack"]["lines"]) == 1
     assert (v["compound"]["vs_baseline"]["beats"], v["compound"]["vs_control"]["beats"]) == (True, False)
-    assert "beats the baseline" in v["compound"]["lines"][0] and "but NOT its small-only control" in \
+    assert "beats the baseline" in v["compound"]["lines"][0] and "does NOT beat its small-only control" in \
         v["compound"]["lines"][0]
     assert v["compound"]["lines"][1].startswith("A smaller model is the better use of this budget: small-only:L1")
     assert (v["progressive"]["vs_baseline"]["beats"], v["progressive"]["vs_control"]["beats"]) == (False, False)
     assert "gain over the baseline comes from the target being too large" in v["compound"]["lines"][1]
-    assert v["progressive"]["lines"][0].startswith("progressive: beats neither the baseline")
+    assert v["progressive"]["lines"][0].startswith("progressive: does NOT beat the baseline")
+    assert "and does NOT beat its small-only control" in v["progressive"]["lines"][0]
     assert v["progressive"]["lines"][1] == ("A smaller model is the better use of this budget: small-only:L1 trained "
                                             "alone, never grown, ends lower than both progressive and the baseline.")
     from transformer_grow.compare.report import markdown_summary
@@ -101,7 +102,9 @@ def test_verdicts_with_seeds_say_when_a_difference_is_within_seed_noise():
                                "progressive": [3.1, 3.2, 3.3]})
     g = report["verdicts"]["g_stack"]
     assert g["vs_control"]["mean"] == pytest.approx(0.1 / 3) and g["vs_control"]["clear"] is False
-    assert "within seed noise" in g["lines"][0]
+    assert "within seed noise" in g["lines"][0] and "is level with its small-only control" in g["lines"][0]
+    assert g["lines"][0].startswith("g_stack: beats the baseline")  # -0.47, far outside the noise
+    assert not any("A smaller model" in line for line in g["lines"])  # the control is ahead only within noise
     assert report["verdicts"]["compound"]["vs_control"]["clear"] is True
     assert report["aggregate"]["compound"]["final_val_loss"]["mean"] == pytest.approx(2.05)
 

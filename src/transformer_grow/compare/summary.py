@@ -100,6 +100,14 @@ def _diff_text(d: dict[str, Any]) -> str:
     return text + ("" if d["clear"] else ", within seed noise")
 
 
+def _standing(d: dict[str, Any]) -> str:
+    """How a plan stands against another method: ``beats`` / ``does NOT beat``, or ``is level with`` when
+    the 90% interval of the difference includes 0 (a mean below 0 inside seed noise is no win)."""
+    if d["clear"] is False:
+        return "is level with"
+    return "beats" if d["beats"] else "does NOT beat"
+
+
 def verdicts(equal: dict[Any, dict[str, float | None]], methods: list[Method]) -> dict[str, dict[str, Any]]:
     """Per plan: does it beat the baseline and its small-only control at equal FLOPs, with the lines
     the report prints. ``equal[seed][name]`` is the validation loss at the seed's equal-FLOPs point."""
@@ -120,15 +128,8 @@ def verdicts(equal: dict[Any, dict[str, float | None]], methods: list[Method]) -
         ctrl_base = _difference(equal, m.control, BASELINE)
         entry.update(vs_control=ctrl, control_vs_baseline=ctrl_base)
         b, c = f"the baseline ({_diff_text(base)})", f"its small-only control {m.control} ({_diff_text(ctrl)})"
-        if base["beats"] and ctrl["beats"]:
-            lines = [f"{m.name}: beats {b} and {c} at equal FLOPs."]
-        elif base["beats"]:
-            lines = [f"{m.name}: beats {b} but NOT {c} at equal FLOPs."]
-        elif ctrl["beats"]:
-            lines = [f"{m.name}: beats {c} but NOT {b} at equal FLOPs."]
-        else:
-            lines = [f"{m.name}: beats neither {b} nor {c} at equal FLOPs."]
-        if ctrl["beats"] is False:
+        lines = [f"{m.name}: {_standing(base)} {b} and {_standing(ctrl)} {c} at equal FLOPs."]
+        if ctrl["beats"] is False and ctrl["clear"] is not False:  # the control is ahead beyond seed noise
             if ctrl_base["beats"]:
                 why = (f"; {m.name}'s gain over the baseline comes from the target being too large for the budget, "
                        "not from growth" if base["beats"] else "")
