@@ -45,6 +45,7 @@ class Parallel:
     """One process: the model trains where the config says; every hook is the plain operation."""
 
     world_size = 1
+    rank = 0  # this process's rank (seeds per-rank random streams, e.g. the masked-LM masks)
 
     @property
     def is_main(self) -> bool:
@@ -125,7 +126,7 @@ class DataParallel(Parallel):
         choice("strategy", strategy, STRATEGIES)
         self.strategy = strategy
         self.env = env or DistEnv.current()
-        self.world_size = self.env.world_size
+        self.world_size, self.rank = self.env.world_size, self.env.rank
         self.wrapped: DistributedModel | None = None  # the current model's wrapper
         self._ddp_forward: _SyncOnLastMicroBatch | None = None
 

@@ -128,7 +128,7 @@ def grow_trainer_ligo(trainer, target: ModelConfig | dict | str, *, optimizer: s
     phase (steps, tokens, FLOPs, loss of the grown model on the first and the last batch)."""
     require(preserve == "function", f"preserve={preserve!r} is not allowed with method 'ligo': the learned map "
                                     "is not the fixed operator whose training dynamics 'dynamics' preserves")
-    require(getattr(trainer, "objective", None) is None,
+    require(trainer.objective is None,
             "method 'ligo' trains the operator on the next-token loss; this run's objective is masked LM")
     exact_tol = options.pop("exact_tol", None)
     operator_options = _operator_options(options)

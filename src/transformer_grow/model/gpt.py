@@ -90,6 +90,7 @@ class GPT(nn.Module):
         self.norm_f = build_norm(config) if config.norm_placement == "pre" else None  # post-norm ends normed
         self.mlm_head = MLMHead(config) if config.head == "mlm" else None
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self._flops_marks: dict[str, tuple[int, int]] = {}  # routed_flops_per_token: counts at its last call
         self.apply(self.init_weights)
 
     # ------------------------------------------------------------------ init
@@ -231,7 +232,7 @@ class GPT(nn.Module):
         or when no training forward ran since the last call."""
         if not self.config.n_expert or self.config.moe_router != "topany":
             return None
-        marks = self.__dict__.setdefault("_flops_marks", {})
+        marks = self._flops_marks
         extra, routed = 0.0, False
         for key, block in self.blocks.items():
             moe = block.mlp

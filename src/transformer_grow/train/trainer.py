@@ -330,8 +330,7 @@ class Trainer:
         start = time.perf_counter()
         x, y = self.data.batch(it, cfg.batch_size, self.seq_len, cfg.seed)
         if self.objective is not None:  # masked LM: corrupt x, predict the chosen tokens (y is not used)
-            rank = self.parallel.env.rank if hasattr(self.parallel, "env") else 0  # one mask stream per rank
-            x, y = self.objective.train_batch(x, it, cfg.seed, rank)
+            x, y = self.objective.train_batch(x, it, cfg.seed, self.parallel.rank)  # one mask stream per rank
         ce, objective = self.forward_backward(x, y)
         if not math.isfinite(objective):
             raise self._diverged("loss", objective, it + 1)
