@@ -48,6 +48,8 @@ from transformer_grow.growth.plan import (
 from transformer_grow.growth.timing import DEFAULT_MAX_FRACTION, g_stack_timing
 from transformer_grow.model import ModelConfig
 from transformer_grow.model.sharing import SHARE_STRATEGIES
+from transformer_grow.scaling.anneal_prior import AnnealPrior
+from transformer_grow.scaling.curve import DEFAULT_SCHEDULE_FORM
 
 SHARE_PLAN_STRATEGIES = tuple(s for s in SHARE_STRATEGIES if s not in ("none", "custom"))
 
@@ -91,6 +93,11 @@ class PlanOptions:
         ligo_steps: ``ligo``: training steps of the LiGO operator; ``None``: 1% of the budget's tokens in
             whole steps, from 1 to the paper's 100 (Wang et al. 2023).
         ligo_lr: ``ligo``: learning rate of the operator's own AdamW (no weight decay).
+        anneal_prior: ``adaptive``: a JSON file of a prior on the annealing bonus pooled over completed runs
+            (``tgrow scaling curve --reference ... --save-prior FILE``); the trigger's fit then holds the
+            bonus a warmup-stable-decay schedule's decay will pay near the pooled ratio, which the small
+            stage's curve cannot show before its decay (:mod:`~transformer_grow.growth.trigger`); unset:
+            no prior.
     """
 
     growth_factor: int = 2
@@ -114,6 +121,7 @@ class PlanOptions:
     share_strategy: str = "cycle"
     ligo_steps: int | None = None
     ligo_lr: float = DEFAULT_LIGO_LR
+    anneal_prior: str | None = None
 
     def validate(self) -> None:
         """Refuse (:class:`ConfigError`) any option out of range, whichever plan it is for."""
@@ -155,6 +163,11 @@ class PlanOptions:
                 f"ligo_steps={self.ligo_steps!r} is not allowed; it must be an integer from 1 to 1,000,000 (or unset)")
         require(_is_number(self.ligo_lr) and 0 < self.ligo_lr <= 1,
                 f"ligo_lr={self.ligo_lr!r} is not allowed; it must be a number in (0, 1]")
+        require(self.anneal_prior is None or (isinstance(self.anneal_prior, str) and self.anneal_prior.strip() != ""),
+                f"anneal_prior={self.anneal_prior!r} is not allowed; give the path of a prior's JSON file (or leave "
+                "it unset)")
+        if self.anneal_prior is not None:
+            load_anneal_prior(self.anneal_prior)  # a missing or malformed file is refused before any work
         require(isinstance(self.trigger, PlateauTrigger), f"trigger={self.trigger!r} is not allowed; give a mapping")
         for name in ("min_fraction", "max_fraction", "horizon_fraction", "min_gain_ratio"):
             value = getattr(self.trigger, name)
@@ -187,7 +200,7 @@ PLAN_OPTIONS_USED: dict[str, frozenset[str]] = {
                                             "max_fraction"},
     "compound": _GROWTH_EVENT_OPTIONS | {"budget_mode", "compound_stages", "stage_fractions", "growth_fraction",
                                          "max_fraction", "width_method"},
-    "adaptive": _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_factor", "trigger"},
+    "adaptive": _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_factor", "trigger", "anneal_prior"},
     "ligo": _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_factor", "growth_fraction", "max_fraction", "ligo_steps",
                                      "ligo_lr"},
 }
@@ -207,6 +220,43 @@ def check_plan_options_apply(plans: Iterable[str], given: Iterable[str],
             readers = [plan for plan, names in PLAN_OPTIONS_USED.items() if name in names]
             raise ConfigError(f"{spell(name)} does not apply to plan {', '.join(plans)}; it is an option of "
                               f"{', '.join(readers) or 'no plan'}")
+
+
+def load_anneal_prior(path: str) -> AnnealPrior:
+    """The prior in the JSON file ``path`` (``PlanOptions.anneal_prior``); refused with one line
+    (:class:`ConfigError`) when the file is missing, not JSON, not a prior, or of a law the trigger does not fit."""
+    try:
+        prior = AnnealPrior.load(path)
+    except ValueError as e:  # ConfigError, or the ValueError of a file that is not JSON or has a non-number field
+        message = " ".join(str(e).split())
+        raise ConfigError(message if repr(str(path)) in message else f"anneal prior file {str(path)!r}: {message}") \
+            from None
+    require(prior.form == DEFAULT_SCHEDULE_FORM,
+            f"anneal prior file {str(path)!r} was read from the {prior.form} law; the growth trigger fits "
+            f"{DEFAULT_SCHEDULE_FORM} (save the prior with that form)")
+    return prior
+
+
+@dataclass
+class AdaptivePlan(GrowthPlan):
+    """A plan whose trigger's fit uses a pooled prior on the annealing bonus (``PlanOptions.anneal_prior``)."""
+
+    anneal_prior: AnnealPrior | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.anneal_prior is not None:  # the key only when set: records of plans without a prior stay as they were
+            out["anneal_prior"] = self.anneal_prior.to_dict()
+        return out
+
+
+def with_anneal_prior(plan: GrowthPlan, prior: AnnealPrior | None) -> GrowthPlan:
+    """``plan`` whose trigger fits with ``prior``; ``plan`` itself when ``prior`` is ``None`` or no stage has a
+    trigger."""
+    if prior is None or not any(stage.trigger is not None for stage in plan.stages):
+        return plan
+    return AdaptivePlan(plan.name, plan.stages, plan.budget_tokens, plan.budget_mode, list(plan.notes),
+                        anneal_prior=prior)
 
 
 def _is_int(value: Any) -> bool:
@@ -302,10 +352,15 @@ def adaptive_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions)
     stages = [Stage(small, trigger=options.trigger, name=f"small L={small.n_layer}"),
               Stage(target, growth=options.event(small, target), name="target")]
     t = options.trigger
-    return GrowthPlan("adaptive", stages, budget_tokens, options.budget_mode,
+    plan = GrowthPlan("adaptive", stages, budget_tokens, options.budget_mode,
                       notes=[(f"growth factor g={g}; grow when the fitted power law predicts a gain below "
                              f"{t.min_gain_ratio:g} x the reducible loss over the next {t.horizon_fraction:g} of the "
                              f"budget, not before {t.min_fraction:g} nor after {t.max_fraction:g} of it")])
+    if options.anneal_prior is None:
+        return plan
+    prior = load_anneal_prior(options.anneal_prior)
+    plan.notes.append(f"the trigger's fit uses an anneal prior from {options.anneal_prior}: {prior.describe()}")
+    return with_anneal_prior(plan, prior)
 
 
 def ligo_event(options: PlanOptions, old: ModelConfig, new: ModelConfig, budget_tokens: int) -> GrowthEvent:

@@ -66,7 +66,7 @@ from transformer_grow.growth.accounting import (
     steps_for_rest,
 )
 from transformer_grow.growth.budget import BudgetSchedule, evaluate_fixed_windows
-from transformer_grow.growth.builders import PlanOptions, build_plan
+from transformer_grow.growth.builders import PlanOptions, build_plan, load_anneal_prior, with_anneal_prior
 from transformer_grow.growth.event import check_growth_events, grow_trainer
 from transformer_grow.growth.experts import ExpertController, RoutingMonitor
 from transformer_grow.growth.hf_run import FAMILY_KEY, hf_target, is_hf_config, to_hf_model
@@ -175,6 +175,9 @@ class GrowthManager:
             require(budget_tokens is not None, f"plan={plan!r} needs budget_tokens (the baseline's token budget)")
             plan = build_plan(plan, target, budget_tokens, plan_options)
         require(isinstance(plan, GrowthPlan), f"plan must be a plan name or a GrowthPlan, got {type(plan).__name__}")
+        if plan_options is not None and plan_options.anneal_prior is not None \
+                and getattr(plan, "anneal_prior", None) is None:  # a plan not built from plan_options (seed API)
+            plan = with_anneal_prior(plan, load_anneal_prior(plan_options.anneal_prior))
         plan.validate()
         require(isinstance(n_evals, int) and n_evals >= 2, f"n_evals={n_evals!r} must be an integer >= 2")
         require(isinstance(eval_windows, int) and eval_windows >= 1,
@@ -477,11 +480,14 @@ class GrowthManager:
         stage_points = [p for p in self.state.curve if p.stage == self.state.stage and p.step > 0]
         trigger = self.plan.stages[self.state.stage].trigger
         unit = "flops" if self.plan.budget_mode == "flops" else "tokens"
-        # The stage's learning rates: the trigger then fits the schedule-aware (multi-power) law.
+        # The stage's learning rates: the trigger then fits the schedule-aware (multi-power) law. With an anneal
+        # prior (PlanOptions.anneal_prior) they run to the end of the budget, where the prior is centred.
+        prior = getattr(self.plan, "anneal_prior", None)
         schedule = stage_schedule(self.trainer, self.state.stage_start.step, [p.step for p in stage_points],
-                                  self._spent(), self._unit_cost(), trigger, self.budget)
+                                  self._spent(), self._unit_cost(), trigger, self.budget,
+                                  to_budget_end=prior is not None)
         fires, note = trigger_fires([getattr(p, unit) for p in stage_points], [p.val_loss for p in stage_points],
-                                    trigger, self.budget, schedule)
+                                    trigger, self.budget, schedule, prior)
         if fires:
             self.state.trigger_notes.append(note)
             self._say(f"trigger: {note}")

@@ -5,6 +5,7 @@
 - :func:`fit_single_variable_laws`, :func:`fit_isoflop` (Approach 2);
 - :func:`analyse`: every fit plus bootstrap intervals and leave-one-out; :func:`write_report`;
 - :func:`fit_learning_curve`, :func:`should_stop_early`, :func:`local_slope`: learning curves;
+  :func:`fit_anneal_prior` / :class:`AnnealPrior`: the annealing bonus pooled over completed runs;
 - :func:`growth_speedup_vs_scale`: growth's FLOP speedup as a function of model size.
 
 Plots (matplotlib) are imported only by :func:`write_report`. Training the runs of a grid is
@@ -12,6 +13,7 @@ Plots (matplotlib) are imported only by :func:`write_report`. Training the runs 
 """
 
 from transformer_grow.scaling.analysis import FitOptions, ScalingAnalysis, analyse
+from transformer_grow.scaling.anneal_prior import AnnealPrior, fit_anneal_prior
 from transformer_grow.scaling.bootstrap import BootstrapResult, LeaveOneOut, leave_one_out, run_bootstrap
 from transformer_grow.scaling.chinchilla import (
     ChinchillaConfig,
@@ -32,6 +34,7 @@ from transformer_grow.scaling.powerlaw import (
 from transformer_grow.scaling.report import fit_summary, write_report
 
 __all__ = [
+    "AnnealPrior",
     "BootstrapResult",
     "ChinchillaConfig",
     "ChinchillaFit",
@@ -47,6 +50,7 @@ __all__ = [
     "ScalingData",
     "analyse",
     "data_from_records",
+    "fit_anneal_prior",
     "fit_chinchilla",
     "fit_isoflop",
     "fit_learning_curve",

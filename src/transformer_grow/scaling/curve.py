@@ -23,7 +23,11 @@ with Huber loss on log-loss residuals (``huber_scale``, default 0.01 = 1% of the
 ``B / (B_PRIOR min L)`` (``B_PRIOR`` below), bounds ``0 <= E <= min(L)``, ``A, B >= 0``, ``0 <= alpha <= 5``,
 analytic Jacobian, a few starts, best kept. ``t_ref`` (or ``S1_ref``) is the last observed point, so ``A``
 is the reducible loss there and the problem is well scaled. ``B`` is fitted only when the observed part
-saw some annealing: before a WSD decay begins, no single curve says how much the decay will pay.
+saw some annealing: before a WSD decay begins, no single curve says how much the decay will pay. A prior
+pooled over completed runs (``prior=``, :mod:`.anneal_prior`) supplies it: ``B`` is then fitted with a
+Gaussian penalty around the pooled bonus ratio times the curve's own fitted final loss (weighed against
+the points as if they had their autocorrelation-adjusted noise, :func:`_effective_noise`), and every
+bootstrap refit draws its own ratio from the prior, so the interval carries the spread between runs.
 
 Intervals: a prediction interval for the loss that will be *measured*, in three parts. (1) The law's
 uncertainty: a moving-block bootstrap of the log residuals (training-curve noise is autocorrelated;
@@ -44,6 +48,8 @@ from scipy.optimize import least_squares
 from scipy.stats import norm
 
 from transformer_grow.errors import choice, require
+from transformer_grow.scaling.anneal_prior import AnnealPrior, has_decay
+from transformer_grow.scaling.anneal_prior import penalty as anneal_penalty
 from transformer_grow.scaling.predict import prediction_interval
 from transformer_grow.scaling.schedule_laws import ANNEAL_DECAY, SCHEDULE_FORMS, lr_areas, schedule_features
 
@@ -72,6 +78,8 @@ class CurveFit:
     n_bootstrap: int = 200
     seed: int = 0
     anneal_decay: float = ANNEAL_DECAY
+    prior: AnnealPrior | None = None  # the pooled prior on B the fit used (module .anneal_prior)
+    penalty: tuple[float, float] | None = None  # (weight, centre) of B's penalty residual; None: B fixed at 0
     _boot: np.ndarray | None = field(default=None, repr=False)  # (R, 4) bootstrap parameter samples
     _drift: float | None = field(default=None, repr=False)  # backtest drift rate
 
@@ -154,7 +162,10 @@ class CurveFit:
         return self._boot
 
     def as_dict(self) -> dict:
-        return {"form": self.form, "params": dict(self.params), "x_ref": self.x_ref, "n_points": int(self.steps.size)}
+        out = {"form": self.form, "params": dict(self.params), "x_ref": self.x_ref, "n_points": int(self.steps.size)}
+        if self.prior is not None:
+            out["anneal_prior"] = self.prior.to_dict()
+        return out
 
 
 def _model(theta, z, w):
@@ -168,22 +179,24 @@ def _jacobian(theta, z, w):
     return np.stack([np.ones_like(z), zpow, -A * zpow * np.log(z), w], axis=1)
 
 
-def _fit(log_losses, z, w, x0, upper_e, fit_b, huber_scale) -> tuple[np.ndarray, float]:
+def _fit(log_losses, z, w, x0, upper_e, penalty, huber_scale) -> tuple[np.ndarray, float]:
+    """Least squares of the log loss; ``penalty``: ``None`` fixes ``B = 0``, else ``(weight, centre)`` adds
+    the residual ``weight (B - centre)`` (the weak ridge, or the pooled prior of :mod:`.anneal_prior`)."""
+    fit_b = penalty is not None
     n_free = 4 if fit_b else 3
-    # Prior on the annealing bonus (one extra residual, B / (B_PRIOR upper_e) in units of huber_scale).
-    prior = huber_scale / (B_PRIOR * upper_e) if fit_b else 0.0
+    weight, centre = penalty if fit_b else (0.0, 0.0)
 
     def full(p):
         return p if fit_b else np.append(p, 0.0)
 
     def residual(p):
         r = np.log(np.maximum(_model(full(p), z, w), 1e-12)) - log_losses
-        return np.append(r, prior * p[3]) if fit_b else r
+        return np.append(r, weight * (p[3] - centre)) if fit_b else r
 
     def jac(p):
         model = np.maximum(_model(full(p), z, w), 1e-12)
         j = _jacobian(full(p), z, w)[:, :n_free] / model[:, None]
-        return np.vstack([j, [0.0, 0.0, 0.0, prior]]) if fit_b else j
+        return np.vstack([j, [0.0, 0.0, 0.0, weight]]) if fit_b else j
 
     lower = [0.0, 0.0, 0.0, 0.0][:n_free]
     upper = [upper_e, np.inf, 5.0, np.inf][:n_free]
@@ -198,6 +211,26 @@ def _fit(log_losses, z, w, x0, upper_e, fit_b, huber_scale) -> tuple[np.ndarray,
     return full(result.x), float(result.cost)
 
 
+def _ridge(w, upper_e, huber_scale) -> tuple[float, float] | None:
+    """The weak ridge on ``B`` (``B_PRIOR``) when ``w`` varies over the points, else ``None`` (B = 0)."""
+    if not np.ptp(w) > 1e-9 * max(float(np.max(w)), 1e-300):
+        return None
+    return huber_scale / (B_PRIOR * upper_e), 0.0
+
+
+def _best_fit(log_losses, z, w, upper_e, penalty, huber_scale, extra_starts=()) -> np.ndarray:
+    """A few starts (floor at 0, half and 0.9 of the lowest loss; alpha 0.3 and 1), the best kept."""
+    losses_last = float(np.exp(log_losses[-1]))
+    b0 = 0.0 if penalty is None else penalty[1]
+    starts = list(extra_starts)
+    for e_frac in (0.0, 0.5, 0.9):
+        for alpha in (0.3, 1.0):
+            e0 = e_frac * upper_e
+            starts.append(np.array([e0, max(losses_last - e0, 1e-6), alpha, b0]))
+    return min((_fit(log_losses, z, w, x0, upper_e, penalty, huber_scale) for x0 in starts),
+               key=lambda fitted: fitted[1])[0]
+
+
 def fit_learning_curve(
     steps,
     losses,
@@ -208,8 +241,13 @@ def fit_learning_curve(
     n_bootstrap: int = 200,
     seed: int = 0,
     form: str | None = None,
+    prior: AnnealPrior | None = None,
 ) -> CurveFit:
-    """Fit a partial learning curve (see the module docstring); ``lrs[i]`` is the LR of step ``i + 1``."""
+    """Fit a partial learning curve (see the module docstring); ``lrs[i]`` is the LR of step ``i + 1``.
+
+    ``prior``: a pooled prior on the annealing bonus from completed runs (:func:`fit_anneal_prior`), used
+    by the schedule forms when the schedule decays; ``lrs`` must then run to the end of the schedule.
+    """
     steps = np.asarray(steps, dtype=float)
     losses = np.asarray(losses, dtype=float)
     require(
@@ -245,34 +283,60 @@ def fit_learning_curve(
             steps, losses, log_losses, idx = steps[after], losses[after], log_losses[after], idx[after]
         x_ref = float(s1[idx[-1]])
         z, w = schedule_features(form, lrs, idx, x_ref, anneal_decay)
-    # B is identified only when the observed part of the curve saw some annealing (w varies).
-    fit_b = form != "power" and bool(np.ptp(w) > 1e-9 * max(float(np.max(w)), 1e-300))
     upper_e = float(losses.min())
-    best, best_cost = None, np.inf
-    for e_frac in (0.0, 0.5, 0.9):
-        for alpha in (0.3, 1.0):
-            e0 = e_frac * upper_e
-            x0 = np.array([e0, max(losses[-1] - e0, 1e-6), alpha, 0.0])
-            theta, cost = _fit(log_losses, z, w, x0, upper_e, fit_b, huber_scale)
-            if cost < best_cost:
-                best, best_cost = theta, cost
+    # B is identified only when the observed part of the curve saw some annealing (w varies).
+    penalty = _ridge(w, upper_e, huber_scale) if form != "power" else None
+    best = _best_fit(log_losses, z, w, upper_e, penalty, huber_scale)
+    if prior is not None and form != "power" and has_decay(lrs):
+        choice("prior form", prior.form, (form,))
+        # The pooled prior (module .anneal_prior): centred on ratio x the curve's own fitted final loss,
+        # which depends on the fit; two passes settle it.
+        z_end, w_end = schedule_features(form, lrs, np.array([lrs.size]), x_ref, anneal_decay)
+        noise = _effective_noise(log_losses - np.log(np.maximum(_model(best, z, w), 1e-12)))
+        for _ in range(2):
+            penalty = anneal_penalty(prior, float(_model(best, z_end, w_end)[0]), noise)
+            best = _best_fit(log_losses, z, w, upper_e, penalty, huber_scale, extra_starts=(best,))
+    else:
+        prior = None
     params = {name: float(value) for name, value in zip(PARAMS, best)}
     if form == "power":
         del params["B"]
-    return CurveFit(form, params, steps, losses, lrs, x_ref, huber_scale, n_bootstrap, seed, anneal_decay)
+    return CurveFit(form, params, steps, losses, lrs, x_ref, huber_scale, n_bootstrap, seed, anneal_decay,
+                    prior=prior, penalty=penalty)
+
+
+def _effective_noise(residuals: np.ndarray) -> float:
+    """Robust residual scale, inflated for autocorrelation: the sd that independent points would need.
+
+    ``n`` residuals with lag-1 autocorrelation ``rho`` carry the information of ``n (1 - rho) / (1 + rho)``
+    independent ones (the AR(1) effective sample size), so weighing the prior against them as if they
+    were independent would let a few correlated wiggles override it.
+    """
+    scale = max(1.4826 * float(np.median(np.abs(residuals - np.median(residuals)))), 1e-4)
+    centred = residuals - residuals.mean()
+    denominator = float(np.dot(centred, centred))
+    rho = float(np.dot(centred[1:], centred[:-1]) / denominator) if denominator > 0 else 0.0
+    rho = min(max(rho, 0.0), 0.9)
+    return scale * math.sqrt((1.0 + rho) / (1.0 - rho))
 
 
 def _residual_bootstrap(curve: CurveFit) -> np.ndarray:
+    """Refits on block-resampled residuals; with a prior, each refit also draws its own bonus ratio."""
     z, w = curve.features(curve.steps)
     theta = curve.vector
     fitted = np.log(np.maximum(_model(theta, z, w), 1e-12))
     residuals = np.log(curve.losses) - fitted
-    fit_b = curve.form != "power" and bool(np.ptp(w) > 1e-9 * max(float(np.max(w)), 1e-300))
     rng = np.random.default_rng(curve.seed)
+    offsets = (curve.prior.draw_log_offsets(curve.n_bootstrap, rng) if curve.prior is not None
+               else np.zeros(curve.n_bootstrap))
     samples = np.empty((curve.n_bootstrap, 4))
     for r in range(curve.n_bootstrap):
         resampled = fitted + _block_resample(residuals, rng)
-        samples[r], _ = _fit(resampled, z, w, theta, float(curve.losses.min()), fit_b, curve.huber_scale)
+        penalty = curve.penalty
+        if curve.prior is not None:  # the same weight in units of B's relative error, a new centre
+            weight, centre = curve.penalty
+            penalty = (weight * np.exp(-offsets[r]), centre * np.exp(offsets[r]))
+        samples[r], _ = _fit(resampled, z, w, theta, float(curve.losses.min()), penalty, curve.huber_scale)
     return samples
 
 
@@ -300,10 +364,14 @@ def _backtest_drift(curve: CurveFit) -> float:
         if cut < MIN_POINTS + 2 or cut >= z.size:
             continue
         # Refit the early points from the full fit and from a floor at 0 (two starts), the best kept.
-        fit_b = curve.form != "power" and bool(np.ptp(w[:cut]) > 1e-9 * max(float(np.max(w)), 1e-300))
         upper_e = float(curve.losses[:cut].min())
+        penalty = None
+        if curve.prior is not None:
+            penalty = curve.penalty
+        elif curve.form != "power":
+            penalty = _ridge(w[:cut], upper_e, curve.huber_scale)
         starts = (curve.vector, np.array([0.0, curve.params["A"] + curve.params["E"], 0.3, 0.0]))
-        theta = min((_fit(log_losses[:cut], z[:cut], w[:cut], x0, upper_e, fit_b, curve.huber_scale)
+        theta = min((_fit(log_losses[:cut], z[:cut], w[:cut], x0, upper_e, penalty, curve.huber_scale)
                      for x0 in starts), key=lambda fitted: fitted[1])[0]
         # The error on the last 10% of the clock, averaged: less of one evaluation's noise in it.
         error = float(np.mean(log_losses[last] - np.log(np.maximum(_model(theta, z[last], w[last]), 1e-12))))

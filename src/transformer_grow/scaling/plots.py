@@ -197,9 +197,12 @@ def write_curve_plot(curve, fits: dict, seen: np.ndarray, level: float, path: st
         ax.scatter(curve.x[~seen], curve.loss[~seen], s=10, color="0.6", label="held-out points", zorder=3)
     end_step = curve.lrs.size if curve.lrs is not None else float(curve.steps[-1])
     steps = np.unique(np.geomspace(max(1.0, float(curve.steps[0])), end_step, 80).round())
-    for (name, fit), color in zip(fits.items(), ("C0", "C3", "C2")):
-        label = {"power": "power law in steps", "lr_area": "LR-annealing law (Tissue et al. 2024)",
-                 "multi_power": "multi-power law (Luo et al. 2025)"}[name]
+    labels = {"power": "power law in steps", "lr_area": "LR-annealing law (Tissue et al. 2024)",
+              "multi_power": "multi-power law (Luo et al. 2025)",
+              "multi_power+prior": "multi-power law, annealing prior from completed runs"}
+    colors = ("C0", "C3", "C2", "C1", "C4", "C5")
+    for i, (name, fit) in enumerate(fits.items()):
+        label, color = labels.get(name, name), colors[i % len(colors)]
         ax.plot(steps * curve.unit, fit.predict(steps), color=color, label=label)
         bands = np.array([fit.predict_interval(t, level) for t in steps[:: max(1, steps.size // 25)]])
         ax.fill_between(steps[:: max(1, steps.size // 25)] * curve.unit, bands[:, 0], bands[:, 1], color=color,
