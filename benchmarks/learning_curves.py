@@ -20,7 +20,7 @@ after warmup (smaller |error|), and how often the 90% prediction interval held t
 without the backtest widening, :meth:`CurveFit.drift_rate`). Curves are cached in ``--cache`` so the fits
 can be rerun without training.
 
-    python benchmarks/learning_curves.py --cache curves.json   # 48 runs of 1000 steps, ~20 min on 2 cores
+    python benchmarks/learning_curves.py --cache curves.json   # 48 runs of 1000 steps, ~25 min on 2 cores
     python benchmarks/learning_curves.py --steps 120 --seeds 1 --lrs 3e-3   # a quick check
 """
 

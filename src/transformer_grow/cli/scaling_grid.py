@@ -66,8 +66,9 @@ def _grid_options(p, command: str) -> None:
                    help="results JSONL (a .jsonl path) or a directory for results.jsonl; finished runs in it are "
                         "skipped (resume)")
     p.add_argument("--early-stop", action="store_true",
-                   help="stop a scratch run when its extrapolated learning curve (Tissue et al. 2024 LR-annealing "
-                        "law) cannot beat the best loss of a finished run at equal tokens; recorded as early-stopped")
+                   help="stop a scratch run when its extrapolated learning curve (the multi-power law of Luo et al. "
+                        "2025, its annealing bonus held near a prior pooled over the grid's finished runs) cannot beat "
+                        "the best loss of a finished run at equal tokens; recorded as early-stopped")
     p.add_argument("--early-stop-margin", type=float, default=0.01,
                    help="stop only if even the optimistic prediction is this many nats worse (default: 0.01)")
     p.add_argument("--early-stop-level", type=float, default=0.95, help="prediction interval level (default: 0.95)")

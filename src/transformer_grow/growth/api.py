@@ -18,25 +18,40 @@ so is one no architecture within :class:`ModelConfig`'s limits reaches.
 ``budget``: ``"100B tokens"`` (the target trained from scratch on that many tokens: the baseline's
 budget, which every plan shares, in FLOPs by default) or ``"3e21 FLOPs"`` (that many FLOPs: the
 baseline's tokens are the FLOPs over the target's FLOPs per token). A plain integer is tokens.
+
+:func:`resolve_arguments` turns :class:`~transformer_grow.growth.manager.GrowthManager`'s arguments
+(this seed API, the plan API's ``target``/``plan``/``budget_tokens``, or a ``transformers`` config as
+``target``) into the validated plan it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.growth.accounting import flops_per_token, param_counts
-from transformer_grow.growth.builders import SHORT, PlanOptions, _fractions, ligo_event, shrink
+from transformer_grow.growth.builders import (
+    SHORT,
+    PlanOptions,
+    _fractions,
+    build_plan,
+    ligo_event,
+    load_anneal_prior,
+    shrink,
+    with_anneal_prior,
+)
 from transformer_grow.growth.hf_run import check_exportable, gpt_from_hf, hf_target, is_hf_config, is_hf_model
 from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, Stage, describe_config
 from transformer_grow.growth.timing import g_stack_timing
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.model.config import check_growth
+from transformer_grow.train.distributed import STRATEGIES as PARALLEL_STRATEGIES
+from transformer_grow.train.distributed import DistEnv
 
 STRATEGIES = ("g_stack", "compound", "progressive", "adaptive", "ligo")
 MAX_COUNT = 10**18  # no parameter or token count of any run is larger
@@ -254,6 +269,57 @@ def prepare_seed(model: Any, strategy: str, target_size: Any, budget: Any, optio
              f"budget: {budget_tokens:,} tokens of the target trained from scratch = {budget_tokens * fpt:.4g} FLOPs "
              f"({plan.budget_mode} held equal)", *plan.notes]
     return SeedSetup(plan, initial, family, lines)
+
+
+@dataclass
+class ManagerSetup:
+    """:class:`~transformer_grow.growth.manager.GrowthManager`'s arguments resolved: the plan it runs, its
+    parallelism, and what the seed API or an HF target adds (first model, family, lines to log)."""
+
+    plan: GrowthPlan
+    parallel: str | None
+    env: DistEnv | None
+    initial: GPT | None = None  # the seed API's model: the first stage's weights
+    hf_family: Any = None  # as given (a dict or a FamilyInfo), or the HF model's or target's family record
+    lines: list[str] = field(default_factory=list)  # the seed API's derived target and budget
+
+
+def resolve_arguments(target: Any, plan: str | GrowthPlan, budget_tokens: int | None,
+                      plan_options: PlanOptions | None, parallel: str | None, env: DistEnv | None,
+                      hf_family: Any, *, model: Any, strategy: str | None, target_size: Any, budget: Any,
+                      seq_len: int | None) -> ManagerSetup:
+    """Resolve :class:`~transformer_grow.growth.manager.GrowthManager`'s arguments (seed API, plan API or an
+    HF config as ``target``) into a validated plan, refusing bad ones before any work."""
+    if strategy in PARALLEL_STRATEGIES:  # the old name of `parallel`: say so rather than "not a growth plan"
+        raise ConfigError(f"strategy={strategy!r} is data parallelism: pass parallel={strategy!r} (strategy= "
+                          "names the growth plan of the seed API: g_stack, compound, progressive, adaptive)")
+    parallel = None if parallel in (None, "none") else parallel
+    if parallel is not None:
+        choice("parallel", parallel, PARALLEL_STRATEGIES)
+        env = env or DistEnv.current()
+    initial, lines = None, []
+    if model is not None or strategy is not None or target_size is not None or budget is not None:
+        require(model is not None, "strategy=, target_size= and budget= go with model= (the model to grow)")
+        require(target is None and budget_tokens is None,
+                "give either model=, target_size=, budget= (seed API) or target, budget_tokens (plan API)")
+        require(isinstance(plan, str) and (strategy is None or plan in ("g_stack", strategy)),
+                f"give the growth plan once: strategy={strategy!r} (plan={plan!r} too)")
+        setup = prepare_seed(model, strategy or plan, target_size, budget, plan_options, seq_len)
+        plan, initial, hf_family, lines = setup.plan, setup.initial, setup.family, setup.lines
+    elif is_hf_config(target):
+        target, family = hf_target(target, seq_len)
+        hf_family = hf_family or family
+    require(plan is not None and (target is not None or isinstance(plan, GrowthPlan)),
+            "GrowthManager needs a target config and a plan (or model=, target_size=, budget=)")
+    if isinstance(plan, str):
+        require(budget_tokens is not None, f"plan={plan!r} needs budget_tokens (the baseline's token budget)")
+        plan = build_plan(plan, target, budget_tokens, plan_options)
+    require(isinstance(plan, GrowthPlan), f"plan must be a plan name or a GrowthPlan, got {type(plan).__name__}")
+    if plan_options is not None and plan_options.anneal_prior is not None \
+            and getattr(plan, "anneal_prior", None) is None:  # a plan not built from plan_options (seed API)
+        plan = with_anneal_prior(plan, load_anneal_prior(plan_options.anneal_prior))
+    plan.validate()
+    return ManagerSetup(plan, parallel, env, initial, hf_family, lines)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

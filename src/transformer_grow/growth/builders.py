@@ -20,6 +20,9 @@
   e.g. Takase & Kiyono 2021's ``cycle``; :mod:`transformer_grow.model.sharing`), then the model is
   unshared exactly (:mod:`transformer_grow.grow.unshare`) and trains on as the full target. The shared
   model costs the target's FLOPs per token: it saves parameters and memory, not compute.
+
+Also importable from here (their callers' and tests' import path): the ``adaptive`` plan's anneal prior
+(:mod:`~transformer_grow.growth.anneal`) and the small-only control (:mod:`~transformer_grow.growth.small_only`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.grow.composite import CHOICES
 from transformer_grow.grow.ligo import DEFAULT_LIGO_LR
 from transformer_grow.growth.accounting import param_counts
+from transformer_grow.growth.anneal import AdaptivePlan, load_anneal_prior, with_anneal_prior  # noqa: F401
 from transformer_grow.growth.experts import ExpertAdaptation, dynamic_plan, upcycle_plan
 from transformer_grow.growth.ligo_phase import LIGO_SHARE
 from transformer_grow.growth.plan import (
@@ -45,11 +49,15 @@ from transformer_grow.growth.plan import (
     PlateauTrigger,
     Stage,
 )
+from transformer_grow.growth.small_only import (  # noqa: F401
+    SMALL_ONLY_PREFIX,
+    small_only_model,
+    small_only_name,
+    small_only_plan,
+)
 from transformer_grow.growth.timing import DEFAULT_MAX_FRACTION, g_stack_timing
 from transformer_grow.model import ModelConfig
 from transformer_grow.model.sharing import SHARE_STRATEGIES
-from transformer_grow.scaling.anneal_prior import AnnealPrior
-from transformer_grow.scaling.curve import DEFAULT_SCHEDULE_FORM
 
 SHARE_PLAN_STRATEGIES = tuple(s for s in SHARE_STRATEGIES if s not in ("none", "custom"))
 
@@ -220,43 +228,6 @@ def check_plan_options_apply(plans: Iterable[str], given: Iterable[str],
             readers = [plan for plan, names in PLAN_OPTIONS_USED.items() if name in names]
             raise ConfigError(f"{spell(name)} does not apply to plan {', '.join(plans)}; it is an option of "
                               f"{', '.join(readers) or 'no plan'}")
-
-
-def load_anneal_prior(path: str) -> AnnealPrior:
-    """The prior in the JSON file ``path`` (``PlanOptions.anneal_prior``); refused with one line
-    (:class:`ConfigError`) when the file is missing, not JSON, not a prior, or of a law the trigger does not fit."""
-    try:
-        prior = AnnealPrior.load(path)
-    except ValueError as e:  # ConfigError, or the ValueError of a file that is not JSON or has a non-number field
-        message = " ".join(str(e).split())
-        raise ConfigError(message if repr(str(path)) in message else f"anneal prior file {str(path)!r}: {message}") \
-            from None
-    require(prior.form == DEFAULT_SCHEDULE_FORM,
-            f"anneal prior file {str(path)!r} was read from the {prior.form} law; the growth trigger fits "
-            f"{DEFAULT_SCHEDULE_FORM} (save the prior with that form)")
-    return prior
-
-
-@dataclass
-class AdaptivePlan(GrowthPlan):
-    """A plan whose trigger's fit uses a pooled prior on the annealing bonus (``PlanOptions.anneal_prior``)."""
-
-    anneal_prior: AnnealPrior | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        if self.anneal_prior is not None:  # the key only when set: records of plans without a prior stay as they were
-            out["anneal_prior"] = self.anneal_prior.to_dict()
-        return out
-
-
-def with_anneal_prior(plan: GrowthPlan, prior: AnnealPrior | None) -> GrowthPlan:
-    """``plan`` whose trigger fits with ``prior``; ``plan`` itself when ``prior`` is ``None`` or no stage has a
-    trigger."""
-    if prior is None or not any(stage.trigger is not None for stage in plan.stages):
-        return plan
-    return AdaptivePlan(plan.name, plan.stages, plan.budget_tokens, plan.budget_mode, list(plan.notes),
-                        anneal_prior=prior)
 
 
 def _is_int(value: Any) -> bool:
@@ -437,48 +408,3 @@ def build_plan(name: str, target: ModelConfig, budget_tokens: int, options: Plan
     plan = BUILDERS[name](target, budget_tokens, options)
     plan.validate()
     return plan
-
-
-# ------------------------------------------------------------------------- small-only control
-SMALL_ONLY_PREFIX = "small-only"
-
-
-def small_only_model(plan: GrowthPlan) -> ModelConfig:
-    """The first-stage model of ``plan`` at the target's context length.
-
-    A stage with a shorter context (``compound``'s ``seq`` factor) is a curriculum, not a smaller
-    model: the control keeps the target's ``seq_len`` so that it trains on the same batches and is
-    evaluated on the same fixed windows as every other run.
-    """
-    return plan.stages[0].model.replace(seq_len=plan.target.seq_len)
-
-
-def small_only_name(plan: GrowthPlan) -> str:
-    """``small-only:L4`` (depth differs from the target), ``small-only:L4-d128`` (width too)."""
-    small, target = small_only_model(plan), plan.target
-    width = "" if small.d_model == target.d_model else f"-d{small.d_model}"
-    return f"{SMALL_ONLY_PREFIX}:L{small.n_layer}{width}"
-
-
-def small_only_plan(plan: GrowthPlan, budget_tokens: int) -> GrowthPlan:
-    """The control of ``plan``: its first-stage model trained alone, never grown, on the FLOPs of
-    the baseline (``plan.target`` trained from scratch on ``budget_tokens`` tokens).
-
-    If a plan's gain over the baseline comes only from the target being too large for the budget,
-    this smaller model trained on the same compute matches or beats the plan. A plan's budget in
-    FLOPs is ``budget_tokens * flops_per_token(plan.target)`` and the target of this one-stage plan
-    is the small model, so its token budget is scaled by the ratio of FLOPs per token (the same
-    FLOPs in either ``budget_mode``).
-    """
-    from transformer_grow.growth.accounting import flops_per_token
-
-    require(isinstance(budget_tokens, int) and budget_tokens > 0,
-            f"budget_tokens={budget_tokens!r} must be a positive integer")
-    small = small_only_model(plan)
-    tokens = max(1, round(budget_tokens * flops_per_token(plan.target) / flops_per_token(small)))
-    control = GrowthPlan(small_only_name(plan), [Stage(small, name="small only")], tokens, plan.budget_mode,
-                         notes=[f"control of {plan.name}: its first-stage model ({small.n_layer} layers, d_model "
-                                f"{small.d_model}) trained alone on the baseline's FLOPs ({tokens:,} tokens), "
-                                "never grown"])
-    control.validate()
-    return control

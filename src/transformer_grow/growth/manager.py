@@ -23,7 +23,8 @@ of steps up to the next evaluation or stage end, grows the model with
 
 Validation runs every ``budget / n_evals`` (FLOPs or tokens, per ``budget_mode``) on the same fixed
 windows of the target's context length, for every run. Wall-clock time counts the training steps
-and the growth operations, not evaluation or checkpointing.
+and the growth operations, not evaluation or checkpointing. The run record's entries for finished
+stages and for growth and expert events are built by :mod:`~transformer_grow.growth.bookkeeping`.
 
 Under ``torchrun`` (``parallel="ddp"`` or ``"fsdp"``) every rank runs the manager with the same
 arguments: the trainer's ``parallel`` is a :class:`~transformer_grow.distributed.parallel.DataParallel`,
@@ -56,7 +57,7 @@ from pathlib import Path
 import torch
 
 from transformer_grow.distributed.env import check_batch_split
-from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.errors import ConfigError, require
 from transformer_grow.growth.accounting import (
     FLOPS_FORMULA,
     PlanAccount,
@@ -65,11 +66,13 @@ from transformer_grow.growth.accounting import (
     stage_batch_size,
     steps_for_rest,
 )
+from transformer_grow.growth.api import batch_sources, resolve_arguments, weights_digest
+from transformer_grow.growth.bookkeeping import expert_event_entry, growth_event_entry, stage_entry
 from transformer_grow.growth.budget import BudgetSchedule, evaluate_fixed_windows
-from transformer_grow.growth.builders import PlanOptions, build_plan, load_anneal_prior, with_anneal_prior
+from transformer_grow.growth.builders import PlanOptions
 from transformer_grow.growth.event import check_growth_events, grow_trainer
 from transformer_grow.growth.experts import ExpertController, RoutingMonitor
-from transformer_grow.growth.hf_run import FAMILY_KEY, hf_target, is_hf_config, to_hf_model
+from transformer_grow.growth.hf_run import FAMILY_KEY, to_hf_model
 from transformer_grow.growth.plan import GrowthPlan, describe_config
 from transformer_grow.growth.record import EvalPoint, RunRecord
 from transformer_grow.growth.run_state import Counters, GrowthRunState, ScheduleStart
@@ -78,7 +81,7 @@ from transformer_grow.io import atomic_write_json, read_json
 from transformer_grow.model.config import FIXED_FIELDS, GROWABLE_FIELDS
 from transformer_grow.train.checkpoint import resolve_checkpoint_dir
 from transformer_grow.train.config import TrainConfig
-from transformer_grow.train.distributed import STRATEGIES, DistEnv, make_trainer, resume_trainer
+from transformer_grow.train.distributed import DistEnv, make_trainer, resume_trainer
 from transformer_grow.train.metrics import METRICS_FILENAME
 from transformer_grow.train.schedule import LRSchedule
 from transformer_grow.train.trainer import Trainer
@@ -147,38 +150,11 @@ class GrowthManager:
                  data_config=None, parallel: str | None = None, env: DistEnv | None = None,
                  allow_optimizer_changes: bool = False, *, model=None, strategy: str | None = None,
                  target_size=None, budget=None, seq_len: int | None = None, hf_family: dict | None = None):
-        if strategy in STRATEGIES:  # the old name of `parallel`: say so rather than "not a growth plan"
-            raise ConfigError(f"strategy={strategy!r} is data parallelism: pass parallel={strategy!r} (strategy= "
-                              "names the growth plan of the seed API: g_stack, compound, progressive, adaptive)")
-        parallel = None if parallel in (None, "none") else parallel
-        if parallel is not None:
-            choice("parallel", parallel, STRATEGIES)
-            env = env or DistEnv.current()
-        self.initial_model: torch.nn.Module | None = None  # the first stage's weights (seed API)
-        self.seed_lines: list[str] = []
-        if model is not None or strategy is not None or target_size is not None or budget is not None:
-            from transformer_grow.growth.api import prepare_seed
-
-            require(model is not None, "strategy=, target_size= and budget= go with model= (the model to grow)")
-            require(target is None and budget_tokens is None,
-                    "give either model=, target_size=, budget= (seed API) or target, budget_tokens (plan API)")
-            require(isinstance(plan, str) and (strategy is None or plan in ("g_stack", strategy)),
-                    f"give the growth plan once: strategy={strategy!r} (plan={plan!r} too)")
-            setup = prepare_seed(model, strategy or plan, target_size, budget, plan_options, seq_len)
-            plan, self.initial_model, hf_family, self.seed_lines = setup.plan, setup.initial, setup.family, setup.lines
-        elif is_hf_config(target):
-            target, family = hf_target(target, seq_len)
-            hf_family = hf_family or family
-        require(plan is not None and (target is not None or isinstance(plan, GrowthPlan)),
-                "GrowthManager needs a target config and a plan (or model=, target_size=, budget=)")
-        if isinstance(plan, str):
-            require(budget_tokens is not None, f"plan={plan!r} needs budget_tokens (the baseline's token budget)")
-            plan = build_plan(plan, target, budget_tokens, plan_options)
-        require(isinstance(plan, GrowthPlan), f"plan must be a plan name or a GrowthPlan, got {type(plan).__name__}")
-        if plan_options is not None and plan_options.anneal_prior is not None \
-                and getattr(plan, "anneal_prior", None) is None:  # a plan not built from plan_options (seed API)
-            plan = with_anneal_prior(plan, load_anneal_prior(plan_options.anneal_prior))
-        plan.validate()
+        setup = resolve_arguments(target, plan, budget_tokens, plan_options, parallel, env, hf_family, model=model,
+                                  strategy=strategy, target_size=target_size, budget=budget, seq_len=seq_len)
+        plan, parallel, env, hf_family = setup.plan, setup.parallel, setup.env, setup.hf_family
+        self.initial_model: torch.nn.Module | None = setup.initial  # the first stage's weights (seed API)
+        self.seed_lines: list[str] = setup.lines
         require(isinstance(n_evals, int) and n_evals >= 2, f"n_evals={n_evals!r} must be an integer >= 2")
         require(isinstance(eval_windows, int) and eval_windows >= 1,
                 f"eval_windows={eval_windows!r} must be an integer >= 1")
@@ -214,11 +190,7 @@ class GrowthManager:
         self.state: GrowthRunState | None = None
         self.result: GrowthRunResult | None = None  # set when the run finishes (or was finished)
         self._windows: torch.Tensor | None = None
-        self._initial_digest = None
-        if self.initial_model is not None:
-            from transformer_grow.growth.api import weights_digest
-
-            self._initial_digest = weights_digest(self.initial_model)
+        self._initial_digest = None if self.initial_model is None else weights_digest(self.initial_model)
         for line in self.seed_lines:  # the derived architecture and budget, before any training
             self._say(line)
         if self.seed_lines:
@@ -293,8 +265,6 @@ class GrowthManager:
         (:class:`~transformer_grow.data.iterable.IterableTokens`; without ``eval_data`` the first rows of
         ``train_data`` are held out for validation). ``limit_steps``: as for :meth:`run` (returns ``None``).
         """
-        from transformer_grow.growth.api import batch_sources
-
         train_data, eval_data = batch_sources(train_data, eval_data, self.plan.target, self.eval_windows)
         result = self.run(train_data, eval_data, limit_steps=limit_steps)
         if result is None:
@@ -527,16 +497,7 @@ class GrowthManager:
         loss_after = evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device,
                                        t.window_loss)
         report = result.report
-        state.events.append({
-            "step": t.step, "tokens": t.tokens, "flops": t.flops, "wall_seconds": t.wall_seconds,
-            "from_stage": index, "to_stage": index + 1,
-            "operator": report.method, "kind": report.kind, "optimizer": event.optimizer,
-            "rewarmup_steps": event.rewarmup_steps, "schedule": event.schedule,
-            "val_loss_before": loss_before, "val_loss_after": loss_after,
-            "description": f"{report.method} ({report.kind}); val loss {loss_before:.4f} -> {loss_after:.4f}; "
-                           f"optimizer {event.optimizer}, re-warmup {event.rewarmup_steps} steps",
-            **{k: v for k, v in report.options.items() if k.startswith("ligo_")},  # a LiGO phase: steps, FLOPs, memory
-        })
+        state.events.append(growth_event_entry(t, index, event, report, loss_before, loss_after))
         t.log(event="growth", operator=report.method, val_loss_before=loss_before, val_loss_after=loss_after)
         self._say(f"grew to {describe_config(new_config)} at step {t.step}: val loss {loss_before:.4f} -> "
                   f"{loss_after:.4f} ({report.method})")
@@ -562,23 +523,13 @@ class GrowthManager:
             event = self.experts.after_steps(t, probe=self._windows[:PROBE_WINDOWS])
         if event is None:
             return
-        self.state.events.append({"step": t.step, "tokens": t.tokens, "flops": t.flops,
-                                  "wall_seconds": t.wall_seconds, "from_stage": self.state.stage,
-                                  "to_stage": self.state.stage, **event})
+        self.state.events.append(expert_event_entry(t, self.state.stage, event))
         t.log(event="experts", operator=event["operator"], experts=event["experts"])
         self._say(f"step {t.step}: {event['description']}")
 
     def _stage_record(self) -> dict:
         """The current stage's entry of the run record (model, steps, tokens, FLOPs, time so far)."""
-        t, index = self.trainer, self.state.stage
-        begin, cfg = self.state.stage_start, t.model.config
-        return {
-            "index": index, "name": self.plan.stages[index].label(index), "model": describe_config(cfg),
-            "steps": t.step - begin.step, "tokens": t.tokens - begin.tokens,
-            "flops": t.flops - begin.flops, "flops_per_token": flops_per_token(cfg),
-            "wall_seconds": t.wall_seconds - begin.wall_seconds,
-            **({"routing": points} if (points := [p for p in self._routing_points if p["stage"] == index]) else {}),
-        }
+        return stage_entry(self.trainer, self.plan, self.state.stage, self.state.stage_start, self._routing_points)
 
     # ---------------------------------------------------------------- results
     def _checkpoint(self) -> None:

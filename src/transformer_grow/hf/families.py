@@ -1,10 +1,12 @@
 """Hugging Face model families as data: a parameter key map and a config mapping per family.
 
-A family is a :class:`Family`: the ``transformers`` class, a declarative key map from our parameter
-names (``blocks.{b}.attn.q_proj.weight``) to theirs (``model.layers.{i}.self_attn.q_proj.weight``),
-and two functions between their config and our :class:`ModelConfig`. Conversion is *native*: the HF
-model becomes our :class:`~transformer_grow.model.GPT`, so every growth operator works unchanged, and
-a grown GPT goes back through the same table. Adding a family is one more table here.
+A family is a :class:`Family` (:mod:`transformer_grow.hf.keymap`): the ``transformers`` class, a
+declarative key map from our parameter names (``blocks.{b}.attn.q_proj.weight``) to theirs
+(``model.layers.{i}.self_attn.q_proj.weight``), and two functions between their config and our
+:class:`ModelConfig`. Conversion is *native*: the HF model becomes our
+:class:`~transformer_grow.model.GPT`, so every growth operator works unchanged, and a grown GPT goes
+back through the same table. Adding a family is one more table here, registered in :data:`FAMILIES`
+(BERT's is in :mod:`transformer_grow.hf.bert`).
 
 The math of each family against ours (checked in ``transformers`` 5.x modeling code; tests measure it):
 
@@ -28,65 +30,24 @@ The math of each family against ours (checked in ``transformers`` 5.x modeling c
 - Dropout (training only; every certificate is measured in eval mode): ours drops embeddings, residual
   updates and attention weights with one rate; GPT-2 has the three rates (``resid_pdrop`` is read), the
   Llama family attention dropout only.
-- BERT (``BertForMaskedLM``, Devlin et al. 2019): our GPT with ``causal=False`` (bidirectional),
-  ``norm_placement="post"`` (``x = LN(x + f(x))``, no final norm), learned positions, token-type
-  embeddings, a LayerNorm on the summed embeddings (``emb_norm``) and the MLM head
-  (``head="mlm"``: dense + GELU + LayerNorm, the tied decoder and its bias). ``hidden_act="gelu"`` is
-  the exact erf GELU (our ``mlp="gelu_erf"``), ``gelu_new`` the tanh one (ours ``gelu``). HF sums
-  word + token-type + position embeddings, we word + position + token-type: equal up to fp32 rounding.
-  Under post-LN a zero-initialised block is ``LN(LN(x))``, not ``x``: depth growth by zero blocks is
-  not exact (declared ``none``, measured); width cloning is (duplicated features keep LayerNorm's mean
-  and variance). ``BertModel`` (no LM head) and ``BertLMHeadModel`` (the causal decoder variant) are
-  refused.
+- BERT (``BertForMaskedLM``, bidirectional, post-LN, MLM head): :mod:`transformer_grow.hf.bert`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.hf.bert import BERT, BERT_REFUSED
+from transformer_grow.hf.bert import BERT_ACTIVATIONS as BERT_ACTIVATIONS
+from transformer_grow.hf.bert import BERT_UNTIED_KEYS as BERT_UNTIED_KEYS
+from transformer_grow.hf.keymap import Family, Piece
 from transformer_grow.model import ModelConfig
 
 # Context (our seq_len) given to a RoPE model when the caller names none: RoPE has no position table,
 # so seq_len is only the length we train and certify at; max_position_embeddings is often 32k-128k.
 DEFAULT_ROPE_SEQ_LEN = 2048
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Where one of our tensors lives in an HF tensor: ``hf`` (a name template with ``{i}`` for the
-    layer index), stored transposed (``Conv1D``), as row ``e`` of a stacked ``[E, ...]`` expert tensor,
-    and/or as the ``part[0]``-th of ``part[1]`` equal chunks along the (output) dimension 0."""
-
-    hf: str
-    transpose: bool = False
-    expert: bool = False
-    part: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class Family:
-    """One ``transformers`` family: its classes, key map and config mapping."""
-
-    name: str
-    hf_class: str  # e.g. "LlamaForCausalLM"
-    config_class: str  # e.g. "LlamaConfig"
-    keys: dict[str, Piece]  # our name template ({b}: block key, {e}: expert) -> HF piece
-    read_config: Callable[[Any, int | None], dict[str, Any]]  # HF config, seq_len -> ModelConfig fields
-    write_config: Callable[[ModelConfig, dict[str, Any]], dict[str, Any]]  # ours, source extras -> HF fields
-    moe_family: str | None = None  # the family a model with experts is exported to
-    zero_params: tuple[str, ...] = ()  # HF parameter suffixes without a counterpart in ours: exported as 0
-    auto_class: str = "AutoModelForCausalLM"  # the transformers Auto class that loads a save_pretrained export
-    untied_keys: tuple[tuple[str, Piece], ...] = ()  # entries of ``keys`` that differ when the head is untied
-    architecture: tuple[tuple[str, str], ...] = (("norm", "rmsnorm"), ("pos", "rope"), ("mlp", "swiglu"))
-
-    def check_exportable(self, config: ModelConfig) -> None:
-        """:class:`ConfigError` unless a GPT of ``config`` has this family's architecture."""
-        for name, value in self.architecture:
-            require(getattr(config, name) == value, f"{self.hf_class} needs {name}={value!r}; this model has "
-                                                    f"{name}={getattr(config, name)!r}")
 
 
 # ----------------------------------------------------------------------------------- key maps
@@ -276,73 +237,6 @@ def _write_qwen2_moe(cfg, extra):
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation: ours
 
 
-def _bert_keys() -> dict[str, Piece]:
-    emb, layer, head = "bert.embeddings.", "bert.encoder.layer.{i}.", "cls.predictions."
-    keys = {
-        "tok_emb.weight": Piece(emb + "word_embeddings.weight"),
-        "pos_emb.weight": Piece(emb + "position_embeddings.weight"),
-        "type_emb.weight": Piece(emb + "token_type_embeddings.weight"),
-        "mlm_head.bias": Piece(head + "bias"),  # the decoder's bias is this tensor when tied (BERT_UNTIED_KEYS)
-        "lm_head.weight": Piece(head + "decoder.weight"),  # untied models only
-    }
-    modules = {"emb_norm": emb + "LayerNorm", "mlm_head.dense": head + "transform.dense",
-               "mlm_head.norm": head + "transform.LayerNorm"}
-    blocks = {"attn.q_proj": "attention.self.query", "attn.k_proj": "attention.self.key",
-              "attn.v_proj": "attention.self.value", "attn.o_proj": "attention.output.dense",
-              "attn_norm": "attention.output.LayerNorm", "mlp.up_proj": "intermediate.dense",
-              "mlp.down_proj": "output.dense", "mlp_norm": "output.LayerNorm"}
-    modules.update({f"blocks.{{b}}.{ours}": layer + theirs for ours, theirs in blocks.items()})
-    for ours, theirs in modules.items():
-        for kind in ("weight", "bias"):
-            keys[f"{ours}.{kind}"] = Piece(f"{theirs}.{kind}")
-    return keys
-
-
-# Untied BertForMaskedLM (transformers 5): the decoder's own bias is used; cls.predictions.bias is not
-# (exported as zero, see zero_params).
-BERT_UNTIED_KEYS = (("mlm_head.bias", Piece("cls.predictions.decoder.bias")),)
-
-# BertConfig hidden_act -> our mlp: transformers' "gelu" is the exact erf GELU, "gelu_new" the tanh one.
-BERT_ACTIVATIONS = {"gelu": "gelu_erf", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
-
-
-def _read_bert(hf, seq_len):
-    act = hf.hidden_act
-    require(act in BERT_ACTIVATIONS,
-            f"BertConfig hidden_act={act!r} is not supported; allowed: {', '.join(BERT_ACTIVATIONS)}")
-    position = getattr(hf, "position_embedding_type", "absolute")
-    require(position == "absolute", f"BertConfig position_embedding_type={position!r} is not supported; allowed: "
-                                    "'absolute' (learned positions)")
-    require(not hf.is_decoder and not hf.add_cross_attention,
-            "BertConfig is_decoder/add_cross_attention must be false: BertForMaskedLM is a bidirectional encoder")
-    require(hf.type_vocab_size >= 1, f"BertConfig type_vocab_size={hf.type_vocab_size} must be >= 1")
-    require(seq_len in (None, hf.max_position_embeddings),
-            f"seq_len={seq_len} is not allowed for BERT: learned positions fix it to "
-            f"max_position_embeddings={hf.max_position_embeddings}")
-    return dict(
-        n_layer=hf.num_hidden_layers, d_model=hf.hidden_size, n_head=hf.num_attention_heads,
-        d_ff=hf.intermediate_size, vocab_size=hf.vocab_size, seq_len=hf.max_position_embeddings,
-        norm="layernorm", norm_eps=hf.layer_norm_eps, pos="learned", mlp=BERT_ACTIVATIONS[act],
-        tie_embeddings=bool(hf.tie_word_embeddings), bias=True, dropout=float(hf.hidden_dropout_prob),
-        init_std=hf.initializer_range, scale_residual_init=False, causal=False, norm_placement="post",
-        type_vocab_size=hf.type_vocab_size, emb_norm=True, head="mlm",
-    )
-
-
-def _write_bert(cfg: ModelConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    require(cfg.d_attn == cfg.d_model and cfg.n_kv_head == cfg.n_head,
-            f"BERT attention is hidden_size wide with one kv head per head; this model has n_head*head_dim="
-            f"{cfg.d_attn}, d_model={cfg.d_model}, n_kv_head={cfg.n_kv_head} (grow heads by width=clone instead)")
-    require(cfg.mlp in ("gelu", "gelu_erf"), f"BERT needs mlp='gelu_erf' or 'gelu'; this model has mlp={cfg.mlp!r}")
-    require(cfg.type_vocab_size >= 1, "BERT needs token-type embeddings (type_vocab_size >= 1)")
-    return dict(num_hidden_layers=cfg.n_layer, hidden_size=cfg.d_model, num_attention_heads=cfg.n_head,
-                intermediate_size=cfg.d_ff, vocab_size=cfg.vocab_size, max_position_embeddings=cfg.seq_len,
-                type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.norm_eps,
-                hidden_act="gelu" if cfg.mlp == "gelu_erf" else "gelu_new", tie_word_embeddings=cfg.tie_embeddings,
-                initializer_range=cfg.init_std, hidden_dropout_prob=cfg.dropout,
-                attention_probs_dropout_prob=cfg.dropout, is_decoder=False)
-
-
 def _read_gpt2(hf, seq_len):
     act = hf.activation_function
     require(act in GPT2_ACTIVATIONS,
@@ -384,21 +278,14 @@ FAMILIES: dict[str, Family] = {
     "qwen2_moe": Family("qwen2_moe", "Qwen2MoeForCausalLM", "Qwen2MoeConfig", _moe_keys(), _read_qwen2_moe,
                         _write_qwen2_moe, moe_family="qwen2_moe",
                         zero_params=("shared_expert_gate.weight",)),
-    "bert": Family("bert", "BertForMaskedLM", "BertConfig", _bert_keys(), _read_bert, _write_bert,
-                   architecture=(("norm", "layernorm"), ("pos", "learned"), ("bias", True), ("causal", False),
-                                 ("norm_placement", "post"), ("emb_norm", True), ("head", "mlm")),
-                   auto_class="AutoModelForMaskedLM", untied_keys=BERT_UNTIED_KEYS,
-                   zero_params=("cls.predictions.bias",)),
+    "bert": BERT,
 }
 SUPPORTED_CLASSES = tuple(f.hf_class for f in FAMILIES.values())
 # Source config fields a family's write_config reads (it sets them no lower than before).
 EXTRA_FIELDS = ("max_position_embeddings", "sliding_window")
 # Fields carried when exporting to another family (dense Llama -> Mixtral): the tokenizer's ids.
 TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "dtype")
-REFUSED = {
-    "BertModel": "no language-model head: convert BertForMaskedLM",
-    "BertLMHeadModel": "the causal decoder variant of BERT; BertForMaskedLM (the bidirectional encoder) is supported",
-}
+REFUSED = {**BERT_REFUSED}  # classes of a supported family that are not converted, and why
 
 
 def family_of(model) -> Family:

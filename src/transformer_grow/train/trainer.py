@@ -6,7 +6,9 @@
 
 Exact resume: batches are a pure function of ``(seed, step)`` (``data.batch``), the learning rate a
 pure function of the step (:mod:`~transformer_grow.train.schedule`), and checkpoints hold the model,
-the AdamW state and torch's RNG states, so a resumed run reproduces the uninterrupted one.
+the AdamW state and torch's RNG states, so a resumed run reproduces the uninterrupted one
+(:mod:`~transformer_grow.train.resume` writes and restores that state; :mod:`~transformer_grow.train.outcome`
+holds :class:`TrainSummary` and :class:`TrainingDiverged`, re-exported here).
 
 Growth: :meth:`Trainer.unwrap` hands out the plain model and its AdamW state by name, and
 :meth:`Trainer.replace_model` swaps in a grown model with optimizer state mapped by parameter name
@@ -23,61 +25,30 @@ the batch, averages the loss over ranks and gathers checkpoints.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from transformer_grow.data import DataConfig
-from transformer_grow.device import autocast, capture_rng_state, resolve_autocast_dtype, restore_rng_state
+from transformer_grow.device import autocast, resolve_autocast_dtype
 from transformer_grow.distributed.parallel import Parallel
-from transformer_grow.errors import ConfigError, require
+from transformer_grow.errors import require
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.optim_state import StateByName
-from transformer_grow.train.checkpoint import (
-    CHECKPOINT_DIRNAME,
-    Checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    resolve_checkpoint_dir,
-    save_checkpoint,
-)
+from transformer_grow.train.checkpoint import CHECKPOINT_DIRNAME, Checkpoint, save_checkpoint
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.evaluate import evaluate_windows
-from transformer_grow.train.metrics import METRICS_FILENAME, MetricsLog, ProgressBar, truncate_metrics
+from transformer_grow.train.metrics import MetricsLog, ProgressBar
 from transformer_grow.train.mlm import MaskedLM, evaluate_masked, masked_lm_for
 from transformer_grow.train.optim import LRMultipliers, adamw_step, build_optimizer
+from transformer_grow.train.outcome import TrainingDiverged, TrainSummary
+from transformer_grow.train.resume import resume_from_checkpoint, trainer_checkpoint
 from transformer_grow.train.schedule import LRSchedule, Rewarmup, lr_at
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss (or gradient norm) became NaN or infinite; no update was applied for that step."""
-
-
-@dataclass
-class TrainSummary:
-    """Where a run ended: counters, final losses, throughput and the checkpoint written."""
-
-    step: int
-    tokens: int
-    flops: int
-    wall_seconds: float
-    train_loss: float | None
-    val_loss: float | None
-    tokens_per_s: float
-    checkpoint: str | None
-
-    def line(self) -> str:
-        val = "n/a" if self.val_loss is None else f"{self.val_loss:.4f}"
-        where = self.checkpoint or "(not saved)"
-        return (f"done: step {self.step}, final val_loss {val}, {self.tokens:,} tokens, "
-                f"{self.tokens_per_s:,.0f} tokens/s, wall {self.wall_seconds:.1f}s, checkpoint {where}")
 
 
 class Trainer:
@@ -464,28 +435,7 @@ class Trainer:
         The full state, in the same format for every ``parallel``; under :class:`DataParallel` every
         rank must call it (FSDP gathers the shards) and ranks other than 0 get ``None``.
         """
-        gathered = self.parallel.gather_state(self.model, self.optimizer)
-        if gathered is None:
-            return None
-        model_state, optimizer_state = gathered
-        data_config = None if self.data_config is None else dataclasses.asdict(self.data_config)
-        train_state = {
-            "step": self.step, "tokens": self.tokens, "flops": self.flops, "wall_seconds": self.wall_seconds,
-            "train_config": self.config.to_dict(), "data_config": data_config,
-            "data_fingerprint": getattr(self.data, "fingerprint", None),
-            "schedule": {"total_steps": self.total_steps,
-                         "rewarmup": None if self.rewarmup is None else self.rewarmup.to_dict()},
-            "rng": capture_rng_state(),
-            "last_train_loss": self.last_train_loss, "last_val_loss": self.last_val_loss,
-            "evaluated_at": self._evaluated_at,
-            "extra": self._driver_state,
-            # the steps since the last metrics record, so the first record after a resume averages the
-            # same steps as the uninterrupted run's
-            "log_window": dict(self._window),
-        }
-        return Checkpoint(model_config=self.model.config, block_keys=self.model.block_keys,
-                          model_state=model_state, optimizer_state=optimizer_state, train_state=train_state,
-                          lr_multipliers=None if self.lr_multipliers is None else self.lr_multipliers.copy())
+        return trainer_checkpoint(self)
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write a checkpoint to ``path`` (default ``<out_dir>/checkpoint``) atomically; returns its path.
@@ -515,40 +465,5 @@ class Trainer:
         metrics past the checkpoint's step (written before a crash) are dropped. ``parallel``: as
         for the constructor (every rank reads the checkpoint; any checkpoint resumes under any).
         """
-        parallel = parallel or Parallel()
-        ckpt_dir = resolve_checkpoint_dir(path)
-        ckpt = load_checkpoint(ckpt_dir)
-        state = ckpt.train_state
-        fingerprint = state.get("data_fingerprint")
-        if fingerprint is not None and fingerprint != getattr(data, "fingerprint", fingerprint):
-            raise ConfigError(f"checkpoint {str(ckpt_dir)!r} was trained on data with fingerprint {fingerprint}, "
-                              f"but the data given has fingerprint {data.fingerprint}; resume with the same "
-                              "corpus, tokenizer and vocabulary settings")
-        if train_config is None:
-            train_config = TrainConfig.from_dict(state["train_config"])
-        if data_config is None and state.get("data_config"):
-            data_config = DataConfig(**state["data_config"])
-        if out_dir is None and ckpt_dir.name in (CHECKPOINT_DIRNAME, f".{CHECKPOINT_DIRNAME}.old"):
-            out_dir = ckpt_dir.parent
-        if out_dir is not None and parallel.is_main:
-            truncate_metrics(Path(out_dir) / METRICS_FILENAME, int(state["step"]))
-        trainer = cls(None, train_config, data, out_dir=out_dir, model=model_from_checkpoint(ckpt),
-                      data_config=data_config, progress=progress, parallel=parallel)
-        if ckpt.optimizer_state:
-            parallel.load_optimizer_state(trainer.model, trainer.optimizer, ckpt.optimizer_state)
-        trainer.step, trainer.tokens = int(state["step"]), int(state["tokens"])
-        trainer.flops, trainer.wall_seconds = int(state["flops"]), float(state["wall_seconds"])
-        trainer.rewarmup = Rewarmup.from_dict(state.get("schedule", {}).get("rewarmup"))
-        trainer.lr_multipliers = ckpt.lr_multipliers
-        trainer.last_train_loss, trainer.last_val_loss = state.get("last_train_loss"), state.get("last_val_loss")
-        trainer._driver_state = dict(state.get("extra") or {})
-        if out_dir is not None and Path(out_dir) / CHECKPOINT_DIRNAME == ckpt_dir:
-            trainer._saved_at = trainer.step
-        if state.get("evaluated_at") == trainer.step:
-            trainer._evaluated_at = trainer.step
-        trainer._reset_window()
-        window = state.get("log_window")
-        if isinstance(window, dict) and set(window) == set(trainer._window):
-            trainer._window = {k: (float(v) if k in ("loss", "seconds", "lr") else int(v)) for k, v in window.items()}
-        restore_rng_state(state.get("rng"))
-        return trainer
+        return resume_from_checkpoint(cls, path, data, train_config=train_config, out_dir=out_dir,
+                                      data_config=data_config, progress=progress, parallel=parallel)
