@@ -60,7 +60,10 @@ def _plain_log_axis(axis) -> None:
     """Log scale with plain number tick labels ("3.6", "4") instead of "3.6x10^0"."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    lo, hi = axis.get_view_interval()
+    decades = float(np.log10(hi / lo)) if 0 < lo < hi else 3.0
+    # 1-2-3-5 ticks on a short range; one per decade on a long one, where 1-2-3-5 would crowd the axis.
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0) if decades <= 2.5 else (1.0,)))
     axis.set_minor_locator(LogLocator(subs=np.arange(1.0, 10.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
@@ -209,6 +212,7 @@ def write_curve_plot(curve, fits: dict, seen: np.ndarray, level: float, path: st
                         alpha=0.12, label=f"{level:.0%} prediction band")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_log_axis(ax.xaxis)
     _plain_log_axis(ax.yaxis)
     ax.set_xlabel(curve.columns["x"])
     ax.set_ylabel(curve.columns["loss"])
