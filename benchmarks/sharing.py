@@ -13,8 +13,10 @@ same AdamW settings and batches, validation loss on fixed held-out windows (no t
    ``N``-layer model, with and without LoRA deltas: loss before conversion, right after it, and after
    ``--retrain-steps`` of retraining.
 
-Run: ``PYTHONPATH=src python benchmarks/sharing.py`` (``--tiny`` checks that it runs in seconds;
-``--out FILE`` writes the JSON results).
+Run: ``PYTHONPATH=src python benchmarks/sharing.py --seeds 0,1,2`` (``--tiny`` checks that it runs in
+seconds; ``--out FILE`` writes the JSON results). A seed sets the initialisation and the batch order (seed 0
+keeps the order of the first, one-seed version); with several seeds each run's mean and the paired
+differences that matter are printed with 90% Student t intervals.
 """
 
 from __future__ import annotations
@@ -48,15 +50,15 @@ def corpus() -> torch.Tensor:
 class Data:
     """Training windows as a pure function of the step; fixed held-out windows (the last 10%)."""
 
-    def __init__(self, tokens: torch.Tensor, seq_len: int, batch: int):
-        self.tokens, self.seq_len, self.batch = tokens, seq_len, batch
+    def __init__(self, tokens: torch.Tensor, seq_len: int, batch: int, seed: int = 0):
+        self.tokens, self.seq_len, self.batch, self.seed = tokens, seq_len, batch, seed
         self.cut = int(0.9 * len(tokens))
         g = torch.Generator().manual_seed(12345)
         starts = torch.randint(self.cut, len(tokens) - seq_len - 1, (EVAL_WINDOWS,), generator=g)
         self.val = torch.stack([tokens[s: s + seq_len + 1] for s in starts.tolist()])
 
     def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(step)
+        g = torch.Generator().manual_seed(step + 1_000_003 * self.seed)
         starts = torch.randint(0, self.cut - self.seq_len - 1, (self.batch,), generator=g)
         w = torch.stack([self.tokens[s: s + self.seq_len + 1] for s in starts.tolist()])
         return w[:, :-1], w[:, 1:]
@@ -91,7 +93,7 @@ def run(setting: dict, seed: int = 0) -> list[dict]:
     n = setting["n_layer"]
     base = ModelConfig(n_layer=n, d_model=setting["d_model"], n_head=setting["n_head"], vocab_size=256,
                        seq_len=setting["seq_len"])
-    data = Data(corpus(), setting["seq_len"], setting["batch"])
+    data = Data(corpus(), setting["seq_len"], setting["batch"], seed)
     steps, rows = setting["steps"], []
 
     def fresh(config: ModelConfig) -> GPT:
@@ -126,19 +128,49 @@ def run(setting: dict, seed: int = 0) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny settings: check that the benchmark runs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     parser.add_argument("--out", default=None, help="write the results as JSON to this file")
     args = parser.parse_args(argv)
-    rows = run(SETTINGS["tiny" if args.tiny else "full"], args.seed)
-    for row in rows:
-        print(f"{row['run']:<44} {row['comparison']:<24} params {row['params_nonembedding']:>10,} "
-              f"FLOPs/tok {row['flops_per_token']:>12,} val loss {row['val_loss']:.4f}"
-              + (f" (trained {row['loss_trained']:.4f}, converted {row['loss_converted']:.4f})"
-                 if "loss_converted" in row else ""))
+    seeds = [int(v) for v in args.seeds.split(",")]
+    setting = SETTINGS["tiny" if args.tiny else "full"]
+    print(f"settings: {setting}, seeds {seeds}, {EVAL_WINDOWS} validation windows; no timing")
+    per_seed = {}
+    for seed in seeds:
+        rows = run(setting, seed)
+        per_seed[seed] = rows
+        for row in rows:
+            print(f"seed {seed} {row['run']:<44} {row['comparison']:<24} params {row['params_nonembedding']:>10,} "
+                  f"FLOPs/tok {row['flops_per_token']:>12,} val loss {row['val_loss']:.4f}"
+                  + (f" (trained {row['loss_trained']:.4f}, converted {row['loss_converted']:.4f})"
+                     if "loss_converted" in row else ""), flush=True)
+    if len(seeds) > 1:
+        print(summary(per_seed))
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2) + "\n")
     return 0
 
+
+def _interval(values: list[float]) -> str:
+    from scipy.stats import t
+
+    x = torch.tensor(values, dtype=torch.float64)
+    half = float(t.ppf(0.95, len(values) - 1) * x.std() / len(values) ** 0.5)
+    return f"{float(x.mean()):+.4f} [{float(x.mean()) - half:+.4f}, {float(x.mean()) + half:+.4f}]"
+
+
+def summary(per_seed: dict[int, list[dict]]) -> str:
+    """Each run's mean loss and the paired differences of the comparisons, 90% Student t over seeds."""
+    names = [row["run"] for row in next(iter(per_seed.values()))]
+    loss = {name: [next(r["val_loss"] for r in rows if r["run"] == name) for rows in per_seed.values()]
+            for name in names}
+    lines = [f"over {len(per_seed)} seeds: mean val loss [90% t interval]"]
+    lines += [f"  {name:<44} {_interval(values)}" for name, values in loss.items()]
+    shared, half, full, unshared = names[:4]
+    for label, a, b in (("shared - unshared half depth (same parameters)", shared, half),
+                        ("shared - unshared full depth (same compute)", shared, full),
+                        ("share then unshare - unshared full depth", unshared, full)):
+        lines.append(f"  {label:<52} {_interval([x - y for x, y in zip(loss[a], loss[b])])}")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     sys.exit(main())
