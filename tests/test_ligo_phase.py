@@ -182,3 +182,31 @@ def test_cli_plan_shows_the_ligo_phase(capsys):
                  "--batch-size", "4", "--ligo-steps", "3", "--ligo-lr", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "growth phase" in out and "grow by ligo" in out and "ligo_lr=0.02" in out
+
+
+def test_ligo_plan_grows_width_too(data):
+    """``ligo_width_factor``: the small model is narrower as well; LiGO learns depth and width expansions,
+    starts exactly as stack + clone, and its phase is accounted like the depth-only one."""
+    options = PlanOptions(ligo_steps=3, growth_fraction=0.5, ligo_width_factor=2)
+    plan = build_plan("ligo", TARGET, BUDGET, options)
+    small = plan.stages[0].model
+    assert (small.n_layer, small.d_model, small.n_head, small.head_dim) == (2, 16, 1, 16)
+    event = plan.stages[1].growth
+    assert event.method == "ligo" and event.options["depth"] == "stack" and event.options["width"] == "clone"
+    layout = ligo_layout(GPT(small), {"n_layer": 4, "d_model": 32, "n_head": 2, "d_ff": TARGET.d_ff})
+    account = account_plan(plan, BATCH * SEQ)
+    phase = 3 * (BATCH * SEQ * flops_per_token(TARGET) + layout.flops(True)) + layout.flops(False)
+    assert account.stages[1].growth_flops == phase
+    manager = GrowthManager(TARGET, plan, budget_tokens=BUDGET, train_config=TRAIN.replace(max_steps=1), n_evals=3,
+                            eval_windows=4, log=None)
+    result = manager.run(data)
+    event = result.record.events[0]
+    assert event["operator"].startswith("ligo(") and "width=clone" in event["operator"], event["operator"]
+    assert event["ligo_steps"] == 3 and result.record.total_flops == manager.account.total_flops
+    assert result.model.config.d_model == 32 and result.model.config.n_layer == 4
+    assert np.isfinite(result.final_val_loss)
+    check_plan_options_apply(["ligo"], ["ligo_width_factor", "width_method"])
+    with pytest.raises(ConfigError, match="ligo_width_factor does not apply to plan g_stack"):
+        check_plan_options_apply(["g_stack"], ["ligo_width_factor"])
+    with pytest.raises(ConfigError, match="ligo_width_factor=0 is not allowed"):
+        PlanOptions(ligo_width_factor=0).validate()

@@ -101,6 +101,9 @@ class PlanOptions:
         ligo_steps: ``ligo``: training steps of the LiGO operator; ``None``: 1% of the budget's tokens in
             whole steps, from 1 to the paper's 100 (Wang et al. 2023).
         ligo_lr: ``ligo``: learning rate of the operator's own AdamW (no weight decay).
+        ligo_width_factor: ``ligo``: also grow the width by this factor (the small model has ``d_model``,
+            heads and FFN units divided by it, head size kept), with LiGO's learned width expansion
+            (Wang et al. 2023, sec. 3.2) initialised as ``width_method``; 1: depth only.
         anneal_prior: ``adaptive``: a JSON file of a prior on the annealing bonus pooled over completed runs
             (``tgrow scaling curve --reference ... --save-prior FILE``); the trigger's fit then holds the
             bonus a warmup-stable-decay schedule's decay will pay near the pooled ratio, which the small
@@ -129,6 +132,7 @@ class PlanOptions:
     share_strategy: str = "cycle"
     ligo_steps: int | None = None
     ligo_lr: float = DEFAULT_LIGO_LR
+    ligo_width_factor: int = 1
     anneal_prior: str | None = None
 
     def validate(self) -> None:
@@ -171,6 +175,8 @@ class PlanOptions:
                 f"ligo_steps={self.ligo_steps!r} is not allowed; it must be an integer from 1 to 1,000,000 (or unset)")
         require(_is_number(self.ligo_lr) and 0 < self.ligo_lr <= 1,
                 f"ligo_lr={self.ligo_lr!r} is not allowed; it must be a number in (0, 1]")
+        require(_is_int(self.ligo_width_factor) and 1 <= self.ligo_width_factor <= 64,
+                f"ligo_width_factor={self.ligo_width_factor!r} is not allowed; it must be an integer from 1 to 64")
         require(self.anneal_prior is None or (isinstance(self.anneal_prior, str) and self.anneal_prior.strip() != ""),
                 f"anneal_prior={self.anneal_prior!r} is not allowed; give the path of a prior's JSON file (or leave "
                 "it unset)")
@@ -210,7 +216,7 @@ PLAN_OPTIONS_USED: dict[str, frozenset[str]] = {
                                          "max_fraction", "width_method"},
     "adaptive": _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_factor", "trigger", "anneal_prior"},
     "ligo": _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_factor", "growth_fraction", "max_fraction", "ligo_steps",
-                                     "ligo_lr"},
+                                     "ligo_lr", "ligo_width_factor", "width_method"},
 }
 
 PLAN_OPTIONS_USED["share_unshare"] = (_GROWTH_EVENT_OPTIONS - {"method"}) | {
@@ -352,16 +358,22 @@ def ligo_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) -> 
     """``g_stack``'s stages (small model, timing) grown by a learned LiGO operator initialised as ``method``."""
     plan = g_stack_plan(target, budget_tokens, options)
     small = plan.stages[0].model
+    start = options.method
+    if options.ligo_width_factor > 1:  # g_stack's timing, a model narrower as well as shallower
+        small = shrink(target, depth=options.growth_factor, width=options.ligo_width_factor)
+        plan.stages[0] = dataclasses.replace(plan.stages[0], model=small)
+        start = f"{options.method} (depth) and {options.width_method} (width)"
     plan.stages[1] = dataclasses.replace(plan.stages[1], growth=ligo_event(options, small, target, budget_tokens))
     steps = f"{options.ligo_steps} steps" if options.ligo_steps is not None else \
         "1% of the budget's tokens (1 to 100 steps)"
-    plan.notes.append(f"LiGO (Wang et al. 2023): the operator starts as {options.method}, trains {steps} at lr "
+    plan.notes.append(f"LiGO (Wang et al. 2023): the operator starts as {start}, trains {steps} at lr "
                       f"{options.ligo_lr:g} on the grown model's loss, its FLOPs counted in the budget")
     return dataclasses.replace(plan, name="ligo")
 
 
 BUILDERS = {"scratch": scratch_plan, "g_stack": g_stack_plan, "compound": compound_plan,
             "progressive": progressive_plan, "adaptive": adaptive_plan, "ligo": ligo_plan}
+
 
 def share_unshare_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) -> GrowthPlan:
     """The target with shared layers (:func:`shared_stage`), unshared exactly into the target."""
