@@ -145,3 +145,13 @@ def test_compare_flags_set_seeds_budgets_and_controls():
     assert config_from_args(parser.parse_args(["compare", "--seed", "7"])).seeds == [7]
     with pytest.raises(ConfigError, match="seeds"):
         CompareConfig(**{**vars(config), "seeds": []}).validate()
+
+
+def test_empty_budgets_switch_a_presets_budgets_off():
+    from transformer_grow.cli.compare import config_from_args
+    from transformer_grow.cli.main import build_parser
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["compare", "--preset", "dev"])).budgets == [0.25, 0.5]
+    assert config_from_args(parser.parse_args(["compare", "--preset", "dev", "--budgets", ""])).budgets is None
+    assert config_from_args(parser.parse_args(["compare", "--preset", "dev", "--budgets", "0.5"])).budgets == [0.5]

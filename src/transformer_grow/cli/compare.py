@@ -113,6 +113,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     data = DataConfig(**{**dataclasses.asdict(config.data), **COMPARE_DATA_FLAGS.given(args)})
     data.validate()
     changes = COMPARE_FLAGS.given(args)
+    if changes.get("budgets") == []:  # --budgets "": the full budget only, whatever the preset says
+        changes["budgets"] = None
     seed = COMPARE_TRAIN_FLAGS.given(args).get("seed")
     if seed is not None:  # --seed S is --seeds S; every run's seed comes from seeds
         require(changes.get("seeds", [seed]) == [seed],

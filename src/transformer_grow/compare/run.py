@@ -90,7 +90,8 @@ class CompareConfig:
             report gives the mean and a 90% Student t interval over them.
         budgets: fractions of the budget (e.g. 0.25,0.5) at which every method also trains, each with
             its own full schedule, for the schedule-fair effective compute multiplier (the full
-            budget always runs); unset: the full budget only.
+            budget always runs); unset, or empty on the command line (``--budgets ""``, which switches a
+            preset's budgets off): the full budget only.
         compute_optimal: the law ``N_opt(C) = coefficient * C^exponent`` the report checks the
             target's size against (``{coefficient: G, exponent: a, source: text}``).
         hf_family: the Hugging Face family of the target (``tgrow compare --hf-config``; a
