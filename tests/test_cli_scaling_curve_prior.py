@@ -160,7 +160,7 @@ def _refusal_cases(tmp_path, references, target):
                                    "--reference runs"),
         "malformed prior": (["--prior", str(broken)], path, f"anneal prior file {str(broken)!r} is not JSON"),
         "negative prior": (["--prior", str(negative)], path,
-                           (f"--prior {str(negative)!r}: anneal prior", "ratio=-0.15 must be > 0")),
+                           (f"anneal prior file {str(negative)!r}: anneal prior", "ratio=-0.15 must be > 0")),
         "missing prior": (["--prior", str(tmp_path / "none.json")], path,
                           f"--prior {str(tmp_path / 'none.json')!r} does not exist"),
         "prior without lrs": (["--prior", str(good)], str(no_lr),

@@ -91,7 +91,6 @@ def _prior_source(args, curve):
     Every refusal here comes before any fitting: the main curve must have a rate per step, each reference
     must log its learning rates, a prior file must hold a multi-power prior.
     """
-    from transformer_grow.errors import ConfigError
     from transformer_grow.scaling.anneal_prior import AnnealPrior
     from transformer_grow.scaling.curve_data import load_curve
 
@@ -103,11 +102,7 @@ def _prior_source(args, curve):
     if args.prior is not None:
         path = str(args.prior)
         require(Path(path).is_file(), f"--prior {path!r} does not exist")
-        try:
-            prior = AnnealPrior.load(path)
-        except ConfigError as exc:  # name the flag unless the message already names the file
-            message = str(exc)
-            raise ConfigError(message if repr(path) in message else f"--prior {path!r}: {message}") from None
+        prior = AnnealPrior.load(path)  # its refusals name the file
         require(prior.form == "multi_power", f"--prior {path!r} was pooled from the {prior.form} law; "
                                              "tgrow scaling curve uses a multi_power prior")
         return prior, []

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from transformer_grow.errors import ConfigError, require
+from transformer_grow.errors import require
 from transformer_grow.growth.plan import GrowthPlan
 from transformer_grow.scaling.anneal_prior import AnnealPrior
 from transformer_grow.scaling.curve import DEFAULT_SCHEDULE_FORM
@@ -18,12 +18,7 @@ from transformer_grow.scaling.curve import DEFAULT_SCHEDULE_FORM
 def load_anneal_prior(path: str) -> AnnealPrior:
     """The prior in the JSON file ``path`` (``PlanOptions.anneal_prior``); refused with one line
     (:class:`ConfigError`) when the file is missing, not JSON, not a prior, or of a law the trigger does not fit."""
-    try:
-        prior = AnnealPrior.load(path)
-    except ValueError as e:  # ConfigError, or the ValueError of a file that is not JSON or has a non-number field
-        message = " ".join(str(e).split())
-        raise ConfigError(message if repr(str(path)) in message else f"anneal prior file {str(path)!r}: {message}") \
-            from None
+    prior = AnnealPrior.load(path)  # its refusals name the file
     require(prior.form == DEFAULT_SCHEDULE_FORM,
             f"anneal prior file {str(path)!r} was read from the {prior.form} law; the growth trigger fits "
             f"{DEFAULT_SCHEDULE_FORM} (save the prior with that form)")

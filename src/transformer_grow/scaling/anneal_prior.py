@@ -105,7 +105,10 @@ class AnnealPrior:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"anneal prior file {str(path)!r} is not JSON ({exc})") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:  # every refusal names the file
+            raise ConfigError(f"anneal prior file {str(path)!r}: {exc}") from None
 
 
 def penalty(prior: AnnealPrior, final_loss: float, noise: float) -> tuple[float, float]:
