@@ -64,7 +64,7 @@ from transformer_grow.errors import require
 from transformer_grow.growth.builders import PlanOptions, build_plan
 from transformer_grow.lab.grid import SCRATCH, GridSpec, RunSpec, read_results
 from transformer_grow.model import ModelConfig
-from transformer_grow.scaling.anneal_prior import AnnealPrior, fit_anneal_prior, has_decay
+from transformer_grow.scaling.anneal_prior import AnnealPrior, fit_anneal_prior, reference_problem
 from transformer_grow.scaling.curve import DEFAULT_SCHEDULE_FORM, MIN_POINTS, fit_learning_curve, should_stop_early
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.schedule import LRSchedule, lr_at
@@ -163,7 +163,7 @@ def reference_curve(record: dict[str, Any]) -> tuple[list[float], list[float], l
 
     Kept: a curve of ``MIN_POINTS`` or more evaluations that reaches the end of the run's schedule (within
     one evaluation interval, as :func:`fit_anneal_prior` asks) under a schedule that decays
-    (:func:`~transformer_grow.scaling.anneal_prior.has_decay`). Whether the record was early-stopped, and its
+    (:func:`~transformer_grow.scaling.anneal_prior.reference_problem`). Whether the record was early-stopped, and its
     plan and settings, are :func:`pooled_anneal_prior`'s to check.
     """
     points = []
@@ -177,10 +177,7 @@ def reference_curve(record: dict[str, Any]) -> tuple[list[float], list[float], l
     if len(steps) < MIN_POINTS or any(b <= a for a, b in itertools.pairwise(steps)):
         return None
     lrs = record_lrs(record)
-    if lrs is None or not has_decay(lrs) or steps[-1] > len(lrs):
-        return None
-    gap = max(b - a for a, b in itertools.pairwise(steps))
-    if steps[-1] < len(lrs) - gap:  # stopped before the end of its schedule: the decay's pay is not all seen
+    if lrs is None or steps[-1] > len(lrs) or reference_problem(steps, lrs) is not None:
         return None
     return steps, [loss for _, loss in points], lrs
 

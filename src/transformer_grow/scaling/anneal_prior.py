@@ -127,6 +127,22 @@ def has_decay(lrs) -> bool:
     return bool(lrs.size > 1 and np.sum(lr_drops(lrs)) > 1e-9 * max(float(np.max(lrs)), 1e-300))
 
 
+def reference_problem(steps, lrs) -> str | None:
+    """Why a run cannot serve as a reference (``None`` if it can): its schedule must decay, and its curve
+    must reach the end of the schedule (within one evaluation interval) to show what the decay paid."""
+    steps, lrs = np.asarray(steps, dtype=float), np.asarray(lrs, dtype=float)
+    if lrs.ndim != 1 or lrs.size < 2:
+        return "the schedule (lrs) must have 2+ steps"
+    if not has_decay(lrs):
+        return ("its schedule never lowers the learning rate, so it says nothing about annealing; pass runs with "
+                "a cosine, linear or WSD decay")
+    gap = float(np.max(np.diff(steps))) if steps.size > 1 else 0.0
+    if steps.size == 0 or steps[-1] < lrs.size - gap:
+        return (f"its curve ends at step {steps[-1] if steps.size else 0:g}, before the end of its schedule "
+                f"({lrs.size}); only completed runs show what the decay paid")
+    return None
+
+
 def fit_anneal_prior(curves, form: str = "multi_power") -> AnnealPrior:
     """Pool the bonus ratio over completed runs: ``curves`` is an iterable of ``(steps, losses, lrs)``.
 
@@ -137,16 +153,10 @@ def fit_anneal_prior(curves, form: str = "multi_power") -> AnnealPrior:
 
     ratios = []
     for number, (steps, losses, lrs) in enumerate(curves, start=1):
-        steps, lrs = np.asarray(steps, dtype=float), np.asarray(lrs, dtype=float)
-        require(lrs.ndim == 1 and lrs.size >= 2, f"reference run {number}: the schedule (lrs) must have 2+ steps")
-        require(has_decay(lrs), f"reference run {number}: its schedule never lowers the learning rate, so it "
-                                "says nothing about annealing; pass runs with a cosine, linear or WSD decay")
-        gap = float(np.max(np.diff(steps))) if steps.size > 1 else 0.0
-        require(steps.size > 0 and steps[-1] >= lrs.size - gap,
-                f"reference run {number}: its curve ends at step {steps[-1] if steps.size else 0:g}, before the end "
-                f"of its schedule ({lrs.size}); only completed runs show what the decay paid")
+        problem = reference_problem(steps, lrs)
+        require(problem is None, f"reference run {number}: {problem}")
         fit = fit_learning_curve(steps, losses, lrs, form=form, n_bootstrap=2)
-        final = fit.predict(float(lrs.size))
+        final = fit.predict(float(len(lrs)))
         ratios.append(max(fit.params["B"], 1e-6 * final) / final)
     require(ratios, "fit_anneal_prior needs at least one completed reference run")
     logs = np.log(ratios)
