@@ -156,7 +156,9 @@ def test_composite_refusals_before_anything_is_built(case, monkeypatch):
     "kwargs,match",
     [
         ({"method": "wider"}, "method='wider'"),
-        ({"method": "stack", "depth": "repeat"}, "conflicts"),
+        ({"method": "stack", "depth": "duplicate"}, "conflicts"),
+        ({"depth": "repeat"}, "is no longer a method name; use depth=stack"),
+        ({"method": "repeat"}, "is no longer a method name; use depth=stack"),
         ({"width": "clone"}, "no width growth"),
         ({"colour": "red"}, "unknown growth option 'colour'"),
         ({"layer_sources": [0, 1]}, "applies to depth='layer_map', not depth='stack'"),

@@ -143,7 +143,7 @@ def test_rope_models_grow_context_with_no_change(name):
 
 NON_EXACT = {
     "stack": ("none", lambda m, **kw: G.stack(m, 2, **kw)),
-    "repeat": ("none", lambda m, **kw: G.repeat(m, 2, **kw)),
+    "duplicate": ("none", lambda m, **kw: G.duplicate(m, 2, **kw)),
     "interleave": ("none", lambda m, **kw: G.interleave(m, 2, noise_std=1e-2, **kw)),
     "layer_map_solar": ("none", lambda m, **kw: G.layer_map(m, [0, 1, 2, 1, 2, 3], **kw)),
     "insert_random": ("none", lambda m, **kw: G.insert_random(m, n_new=2, **kw)),

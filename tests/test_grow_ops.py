@@ -16,7 +16,7 @@ LEARNED = "ln_gelu_learned_tied_bias"
 
 OPERATORS = {
     "stack": lambda m, **kw: G.stack(m, 2, **kw),
-    "repeat": lambda m, **kw: G.repeat(m, 2, **kw),
+    "duplicate": lambda m, **kw: G.duplicate(m, 2, **kw),
     "interleave": lambda m, **kw: G.interleave(m, 2, **kw),
     "layer_map": lambda m, **kw: G.layer_map(m, [0, 1, 2, 3, 2, 3], **kw),
     "insert_zero": lambda m, **kw: G.insert_zero(m, n_new=2, **kw),
@@ -67,8 +67,8 @@ def test_deterministic_for_a_seed(op):
 
 def test_depth_keys_keep_old_names():
     model = trained(DENSE)
-    assert G.stack(model, 2).model.block_keys == ["0", "0_1", "1", "1_1", "2", "2_1", "3", "3_1"]
-    assert G.repeat(model, 2).model.block_keys == ["0", "1", "2", "3", "0_1", "1_1", "2_1", "3_1"]
+    assert G.stack(model, 2).model.block_keys == ["0", "1", "2", "3", "0_1", "1_1", "2_1", "3_1"]
+    assert G.duplicate(model, 2).model.block_keys == ["0", "0_1", "1", "1_1", "2", "2_1", "3", "3_1"]
     result = G.layer_map(model, [0, 1, 2, 1, 2, 3])
     assert result.model.block_keys == ["0", "1", "2", "1_1", "2_1", "3"]
     assert result.param_map["blocks.1_1.attn.q_proj.weight"].source == "blocks.1.attn.q_proj.weight"

@@ -66,7 +66,8 @@ def test_operator_is_tied_across_layers():
     assert set(operator.width) == {"model_out", "model_in", "q_out", "q_in", "kv_out", "ffn_out", "ffn_in"}
     assert operator.width["model_out"].shape == (32, 16)
     assert operator.depth["attn__q_proj__weight"].shape == (4, 2)  # [L2, L1]
-    assert torch.equal(operator.depth["attn__q_proj__weight"], torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]]))
+    # stack: G_stack's layout (the whole model twice, Du et al. 2024): one-hot rows [0, 1, 0, 1]
+    assert torch.equal(operator.depth["attn__q_proj__weight"], torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 1]]))
     # clone: written coordinates copied, read ones halved (Net2Net's 1/copies)
     assert torch.equal(operator.width["model_in"], operator.width["model_out"] / 2)
     assert len(operator.depth) == 9  # two norms, four attention projections, three SwiGLU projections

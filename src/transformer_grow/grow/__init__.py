@@ -12,11 +12,11 @@ from transformer_grow.grow.adapter import GPTAdapter, ModelAdapter, adapter_for
 from transformer_grow.grow.composite import grow, target_config
 from transformer_grow.grow.depth import (
     NewBlock,
+    duplicate,
     insert_random,
     insert_zero,
     interleave,
     layer_map,
-    repeat,
     stack,
 )
 from transformer_grow.grow.dynamics import lr_multipliers
@@ -48,6 +48,7 @@ __all__ = [
     "add_experts",
     "add_heads",
     "clone",
+    "duplicate",
     "grow",
     "grow_ffn",
     "grow_optimizer_state",
@@ -61,7 +62,6 @@ __all__ = [
     "lr_multipliers",
     "net2net",
     "random_pad",
-    "repeat",
     "stack",
     "target_config",
     "unshare",

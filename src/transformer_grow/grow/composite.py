@@ -12,7 +12,7 @@ width       clone, net2net, zero_pad, random_pad               d_model (clone al
 heads       zero                                               n_head, n_kv_head
 ffn         zero, split                                        d_ff
 experts     upcycle (dense model), add (MoE model)             n_expert
-depth       stack, repeat, interleave, insert_zero,            n_layer
+depth       stack, duplicate, interleave, insert_zero,         n_layer
             insert_random, layer_map
 seq         copy, tile, interpolate (learned positions)        seq_len, rope_scale, rope_base
 ==========  =================================================  ==========================================

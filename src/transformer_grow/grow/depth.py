@@ -4,12 +4,16 @@ A layout lists, for every block of the grown model, either an old block index (a
 or a :class:`NewBlock`. The first occurrence of an old block keeps its key, so its parameter names do
 not change; later copies and new blocks get fresh keys named after their origin (``"3_1"``).
 
-- :func:`stack`: G_stack (Du et al. 2024, "Stacking your Transformers"), each block repeated in place:
-  ``L0 L0 L1 L1 ...``. :func:`repeat`: the whole stack repeated, ``L0..Ln L0..Ln`` (progressive
-  stacking, Gong et al. 2019). :func:`interleave`: the G_stack layout with seeded noise on the copies.
-  :func:`layer_map`: any layout, e.g. SOLAR's depth up-scaling (Kim et al. 2023) ``[0..23, 8..31]``.
-  Copies add their residual update a second time: not function-preserving (kind ``none``); the
-  loss jump is measured.
+- :func:`stack`: G_stack (Du et al. 2024, "Stacking your Transformers"): the whole small model stacked
+  ``g`` times, ``L0..Ln L0..Ln`` (the authors' code, ``prts_lit/scaling/stackingpt.py`` with
+  ``stacking_6L_24L.json``: ``stacking_list = [0..5, 0..5, 0..5, 0..5]`` for 6 -> 24 layers; also
+  progressive stacking, Gong et al. 2019). :func:`duplicate`: each block duplicated in place,
+  ``L0 L0 L1 L1 ...`` (the "interpolation" of Chang et al. 2018; the layout our ``stack`` had before
+  2026-12-08, under which every earlier ``g_stack`` number from more than one layer was measured).
+  :func:`interleave`: the in-place layout with seeded noise on the copies. :func:`layer_map`: any
+  layout, e.g. SOLAR's depth up-scaling (Kim et al. 2023) ``[0..23, 8..31]``, or MIDAS's middle block
+  (Saunshi et al. 2024). Copies add their residual update a second time: not function-preserving
+  (kind ``none``); the loss jump is measured.
 - :func:`insert_zero`: new blocks whose residual writers (attention ``o_proj``, FFN ``down_proj``,
   weights and biases) are zero add ``x + 0``: exact (LLaMA-Pro block expansion, Wu et al. 2024, which
   copies the preceding block's other weights; ``init="random"`` initialises them freshly instead).
@@ -30,7 +34,11 @@ from transformer_grow.grow.noise import NoiseSpec
 from transformer_grow.grow.report import GrowthResult
 from transformer_grow.model import ModelConfig
 
-DEPTH_METHODS = ("stack", "repeat", "interleave", "insert_zero", "insert_random", "layer_map")
+DEPTH_METHODS = ("stack", "duplicate", "interleave", "insert_zero", "insert_random", "layer_map")
+# Depth operators that copy every block a whole number of times.
+WHOLE_FACTOR_METHODS = ("stack", "duplicate", "interleave")
+# Names no longer accepted, with what to write instead (one line, never a silent change of meaning).
+RENAMED_METHODS = {"repeat": "stack (G_stack's layout, the whole model stacked: what 'repeat' was)"}
 BLOCK_INITS = ("copy", "random")
 
 
@@ -53,11 +61,24 @@ def factor_for(old_layers: int, new_layers: int, method: str) -> int:
 
 
 def stack_layout(n_layer: int, factor: int) -> list[int]:
+    """G_stack's layout (Du et al. 2024): the whole stack ``factor`` times, ``[0..n-1] * factor``."""
+    return list(range(n_layer)) * factor
+
+
+def duplicate_layout(n_layer: int, factor: int) -> list[int]:
+    """Each block ``factor`` times in place: ``[0, 0, 1, 1, ...]``."""
     return [i for i in range(n_layer) for _ in range(factor)]
 
 
-def repeat_layout(n_layer: int, factor: int) -> list[int]:
-    return list(range(n_layer)) * factor
+def whole_factor_layout(method: str, n_layer: int, factor: int) -> list[int]:
+    """The layout of a :data:`WHOLE_FACTOR_METHODS` operator (``interleave`` duplicates in place)."""
+    return (stack_layout if method == "stack" else duplicate_layout)(n_layer, factor)
+
+
+def check_method_name(method: str) -> None:
+    """Refuse a renamed depth method with one line naming its new name."""
+    require(method not in RENAMED_METHODS,
+            f"depth={method!r} is no longer a method name; use depth={RENAMED_METHODS.get(method)}")
 
 
 def even_positions(n_layer: int, n_new: int) -> list[int]:
@@ -214,23 +235,25 @@ def _by_factor(model: nn.Module, method: str, layout_fn, factor, noise: str, noi
 def stack(
     model: nn.Module, factor: int = 2, *, noise: str = "none", noise_std: float = 1e-3, **run
 ) -> GrowthResult:
-    """G_stack (Du et al. 2024): every block repeated ``factor`` times in place (L0 L0 L1 L1 ...)."""
+    """G_stack (Du et al. 2024): the whole model stacked ``factor`` times (L0..Ln L0..Ln), as the
+    authors' ``stacking_list`` builds it."""
     return _by_factor(model, "stack", stack_layout, factor, noise, noise_std, run)
 
 
-def repeat(
+def duplicate(
     model: nn.Module, factor: int = 2, *, noise: str = "none", noise_std: float = 1e-3, **run
 ) -> GrowthResult:
-    """The whole stack repeated ``factor`` times, L0..Ln L0..Ln (progressive stacking, Gong et al. 2019)."""
-    return _by_factor(model, "repeat", repeat_layout, factor, noise, noise_std, run)
+    """Every block duplicated ``factor`` times in place (L0 L0 L1 L1 ...; Chang et al. 2018's
+    "interpolation")."""
+    return _by_factor(model, "duplicate", duplicate_layout, factor, noise, noise_std, run)
 
 
 def interleave(
     model: nn.Module, factor: int = 2, *, noise: str = "plain", noise_std: float = 1e-3, **run
 ) -> GrowthResult:
     """Each block followed by ``factor - 1`` copies carrying seeded plain noise (L0 L0~ L1 L1~ ...):
-    G_stack's layout (Du et al. 2024) with symmetry-breaking noise on the copies."""
-    return _by_factor(model, "interleave", stack_layout, factor, noise, noise_std, run)
+    :func:`duplicate`'s layout with symmetry-breaking noise on the copies."""
+    return _by_factor(model, "interleave", duplicate_layout, factor, noise, noise_std, run)
 
 
 def insert_zero(

@@ -82,7 +82,7 @@ from transformer_grow.model.layers import RotaryEmbedding
 DEFAULT_LIGO_STEPS = 100
 DEFAULT_LIGO_LR = 1e-2
 LIGO_WIDTH_INITS = ("clone", "net2net")
-LIGO_DEPTH_INITS = ("stack", "repeat", "layer_map", "insert_zero")
+LIGO_DEPTH_INITS = ("stack", "duplicate", "layer_map", "insert_zero")
 
 
 @dataclass

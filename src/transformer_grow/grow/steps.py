@@ -43,7 +43,7 @@ FOLLOW_SOURCE = ("dropout", "init_std", "scale_residual_init", "moe_aux_loss_coe
 NOISY = {
     "width": ("clone", "net2net"),
     "ffn": ("split",),
-    "depth": ("stack", "repeat", "interleave", "layer_map"),
+    "depth": ("stack", "duplicate", "interleave", "layer_map"),
     "experts": ("upcycle",),
 }
 
@@ -107,6 +107,9 @@ def target_config(source: ModelConfig, target: ModelConfig | dict | str) -> Mode
 def resolve_choices(method: str | None, given: dict[str, str | None]) -> dict[str, str | None]:
     """Per-dimension choices from ``method`` (depth and/or width shorthand) and explicit names."""
     chosen = dict(given)
+    for name in [*(method.split("+") if method else []), given.get("depth")]:
+        if isinstance(name, str):
+            depth_ops.check_method_name(name)
     for name in method.split("+") if method else []:
         dims = [d for d in ("depth", "width", "share") if name in CHOICES[d]]
         require(
@@ -234,9 +237,9 @@ def plan_steps(
     if target.n_layer != cur.n_layer:
         m = method_for("depth")
         n = cur.n_layer
-        if m in ("stack", "repeat", "interleave"):
+        if m in depth_ops.WHOLE_FACTOR_METHODS:
             factor = depth_ops.factor_for(n, target.n_layer, m)
-            layout = (depth_ops.repeat_layout if m == "repeat" else depth_ops.stack_layout)(n, factor)
+            layout = depth_ops.whole_factor_layout(m, n, factor)
         elif m == "layer_map":
             sources = opt("layer_sources")
             require(

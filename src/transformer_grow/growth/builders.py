@@ -9,7 +9,13 @@
   Training"): depth, width (with heads and FFN) and sequence length start smaller and grow in
   several stages (by default: everything halved, then depth and sequence length restored, then
   width).
+* ``g_stack_duplicate``: ``g_stack`` with every block duplicated in place (``L0 L0 L1 L1``) instead of
+  the whole model stacked: the layout our ``g_stack`` used before 2026-12-08, kept to measure both.
 * ``progressive``: several smaller depth steps, each doubling the depth (e.g. 2 -> 4 -> 8 layers).
+* ``midas``: MIDAS (Saunshi et al. 2024, "On the Inductive Bias of Stacking Towards Improving
+  Reasoning"): gradual middle stacking, one block of ``n_layer / midas_stages`` layers more per stage,
+  each new block a copy of the middle one; stage ``i`` trains on a share of tokens proportional to ``i``
+  (the paper's PROP-1 schedule).
 * ``adaptive``: like ``g_stack``, but the small model grows when its validation curve flattens
   against a fitted power law (:class:`~transformer_grow.growth.plan.PlateauTrigger`), with guards
   against growing too early or too late.
@@ -62,8 +68,8 @@ from transformer_grow.model.sharing import SHARE_STRATEGIES
 SHARE_PLAN_STRATEGIES = tuple(s for s in SHARE_STRATEGIES if s not in ("none", "custom"))
 
 # upcycle / dynamic (dense -> MoE, then an adaptive expert count) are built in growth/experts.py
-PLAN_NAMES = ("scratch", "g_stack", "compound", "progressive", "adaptive", "ligo", "share_unshare", "upcycle",
-              "dynamic")
+PLAN_NAMES = ("scratch", "g_stack", "g_stack_duplicate", "compound", "progressive", "midas", "adaptive", "ligo",
+              "share_unshare", "upcycle", "dynamic")
 MAX_BUDGET_TOKENS = 10**18
 SHORT = {"depth": "L", "width": "d", "seq": "T"}  # stage labels of compound plans
 
@@ -77,7 +83,7 @@ class PlanOptions:
         growth_fraction: tokens before growing as a fraction of the budget's tokens (``g_stack``);
             ``None`` uses G_stack's formula.
         max_fraction: the formula's ``d`` is clamped to this fraction of the budget.
-        method: depth operator (``stack``, ``repeat``, ``interleave``, ``insert_zero``...).
+        method: depth operator (``stack``: G_stack's layout; ``duplicate``, ``interleave``, ``insert_zero``...).
         width_method: width operator for ``compound`` (``clone``, ``net2net``, ``zero_pad``...).
         optimizer: ``carry`` or ``fresh`` AdamW state after growth.
         rewarmup_steps: LR re-warmup window after each growth.
@@ -89,6 +95,8 @@ class PlanOptions:
         stage_fractions: token fractions of the budget for each stage before the last (``compound``,
             ``progressive``); default: ``growth_fraction`` (or ``max_fraction``) split evenly.
         progressive_steps: number of depth doublings of ``progressive``.
+        midas_stages: ``midas``: number of stages, the last the target; each adds ``n_layer / midas_stages``
+            layers (a block), so it must divide the target's ``n_layer``.
         compound_stages: per stage before the last, the factors by which the target is smaller:
             ``{"depth": 2, "width": 2, "seq": 2}``.
         trigger: the ``adaptive`` plan's trigger.
@@ -124,6 +132,7 @@ class PlanOptions:
     budget_mode: str = "flops"
     stage_fractions: list[float] | None = None
     progressive_steps: int = 2
+    midas_stages: int = 4
     compound_stages: list[dict[str, int]] = field(
         default_factory=lambda: [{"depth": 2, "width": 2, "seq": 2}, {"width": 2}])
     trigger: PlateauTrigger = field(default_factory=PlateauTrigger)
@@ -138,7 +147,7 @@ class PlanOptions:
     def validate(self) -> None:
         """Refuse (:class:`ConfigError`) any option out of range, whichever plan it is for."""
         for name, least, most in (("growth_factor", 1, 4096), ("rewarmup_steps", 0, 10**12),
-                                  ("progressive_steps", 1, 12)):
+                                  ("progressive_steps", 1, 12), ("midas_stages", 2, 1024)):
             value = getattr(self, name)
             require(_is_int(value) and least <= value <= most,
                     f"{name}={value!r} is not allowed; it must be an integer from {least} to {most:,}")
@@ -210,8 +219,11 @@ _GROWTH_EVENT_OPTIONS = frozenset({"optimizer", "rewarmup_steps", "schedule", "o
 PLAN_OPTIONS_USED: dict[str, frozenset[str]] = {
     "scratch": frozenset({"budget_mode"}),
     "g_stack": _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_factor", "growth_fraction", "max_fraction"},
+    "g_stack_duplicate": (_GROWTH_EVENT_OPTIONS - {"method"}) | {"budget_mode", "growth_factor", "growth_fraction",
+                                                                 "max_fraction"},
     "progressive": _GROWTH_EVENT_OPTIONS | {"budget_mode", "progressive_steps", "stage_fractions", "growth_fraction",
                                             "max_fraction"},
+    "midas": (_GROWTH_EVENT_OPTIONS - {"method"}) | {"budget_mode", "midas_stages", "stage_fractions"},
     "compound": _GROWTH_EVENT_OPTIONS | {"budget_mode", "compound_stages", "stage_fractions", "growth_fraction",
                                          "max_fraction", "width_method"},
     "adaptive": _GROWTH_EVENT_OPTIONS | {"budget_mode", "growth_factor", "trigger", "anneal_prior"},
@@ -288,6 +300,47 @@ def g_stack_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) 
               Stage(target, growth=options.event(small, target), name="target")]
     return GrowthPlan("g_stack", stages, budget_tokens, options.budget_mode,
                       notes=[f"growth factor g={g} ({small.n_layer} -> {target.n_layer} layers)", *timing.explain()])
+
+
+def g_stack_duplicate_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) -> GrowthPlan:
+    """``g_stack``'s small model and timing, every block duplicated in place (``depth="duplicate"``)."""
+    plan = g_stack_plan(target, budget_tokens, dataclasses.replace(options, method="duplicate"))
+    plan.notes.append("each block duplicated in place (L0 L0 L1 L1 ...), not the whole model stacked")
+    return dataclasses.replace(plan, name="g_stack_duplicate")
+
+
+def midas_layout(n_blocks: int, block: int) -> list[int]:
+    """Layer sources of MIDAS's growth from ``n_blocks`` blocks of ``block`` layers to one block more: the
+    middle block (the lower one of two middles) is copied in place, so the copy sits in the middle."""
+    middle = (n_blocks - 1) // 2
+    layers = list(range(n_blocks * block))
+    at = (middle + 1) * block
+    return [*layers[:at], *layers[middle * block:at], *layers[at:]]
+
+
+def midas_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) -> GrowthPlan:
+    k = options.midas_stages
+    require(target.n_layer % k == 0, f"midas_stages={k} must divide the target's n_layer={target.n_layer} (each "
+                                     "stage adds one block of n_layer / midas_stages layers)")
+    block = target.n_layer // k
+    # PROP-1 (Saunshi et al. 2024): stage i of k trains on a share proportional to i; the last stage, the target,
+    # takes the rest of the budget.
+    default = [i / (k * (k + 1) / 2) for i in range(1, k)]
+    fractions = _fractions(dataclasses.replace(options, stage_fractions=options.stage_fractions or default), k - 1)
+    stages: list[Stage] = []
+    for i in range(1, k + 1):
+        config = target.replace(n_layer=i * block)
+        event = None
+        if stages:
+            base = options.event(stages[-1].model, config)
+            event = dataclasses.replace(base, method="layer_map",
+                                        options={**base.options, "layer_sources": midas_layout(i - 1, block)})
+        tokens = max(1, round(fractions[i - 1] * budget_tokens)) if i < k else None
+        stages.append(Stage(config, tokens=tokens, growth=event, name="target" if i == k else f"L={config.n_layer}"))
+    return GrowthPlan("midas", stages, budget_tokens, options.budget_mode,
+                      notes=[" -> ".join(str(s.model.n_layer) for s in stages) + " layers, each step copying the "
+                             f"middle block of {block} layer(s) (MIDAS, Saunshi et al. 2024); stage token fractions "
+                             f"{[round(f, 4) for f in fractions]}"])
 
 
 def progressive_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) -> GrowthPlan:
@@ -371,8 +424,9 @@ def ligo_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) -> 
     return dataclasses.replace(plan, name="ligo")
 
 
-BUILDERS = {"scratch": scratch_plan, "g_stack": g_stack_plan, "compound": compound_plan,
-            "progressive": progressive_plan, "adaptive": adaptive_plan, "ligo": ligo_plan}
+BUILDERS = {"scratch": scratch_plan, "g_stack": g_stack_plan, "g_stack_duplicate": g_stack_duplicate_plan,
+            "compound": compound_plan, "progressive": progressive_plan, "midas": midas_plan, "adaptive": adaptive_plan,
+            "ligo": ligo_plan}
 
 
 def share_unshare_plan(target: ModelConfig, budget_tokens: int, options: PlanOptions) -> GrowthPlan:

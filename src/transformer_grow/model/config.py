@@ -322,7 +322,7 @@ FIXED_FIELDS = ("vocab_size", "norm", "pos", "mlp", "tie_embeddings", "bias", "q
                 "moe_router", "causal", "norm_placement", "type_vocab_size", "emb_norm", "head")
 # Sizes growth keeps or increases, never decreases; the grow/ operator that increases each:
 GROWABLE_FIELDS = (
-    "n_layer",  # depth: stack, repeat, interleave, insert_zero, insert_random, layer_map
+    "n_layer",  # depth: stack, duplicate, interleave, insert_zero, insert_random, layer_map
     "d_model",  # width: clone, net2net, zero_pad, random_pad
     "n_head",  # heads: zero (also width=clone, which clones heads)
     "n_kv_head",  # heads: zero (also width=clone)
