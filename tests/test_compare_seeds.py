@@ -155,3 +155,14 @@ def test_empty_budgets_switch_a_presets_budgets_off():
     assert config_from_args(parser.parse_args(["compare", "--preset", "dev"])).budgets == [0.25, 0.5]
     assert config_from_args(parser.parse_args(["compare", "--preset", "dev", "--budgets", ""])).budgets is None
     assert config_from_args(parser.parse_args(["compare", "--preset", "dev", "--budgets", "0.5"])).budgets == [0.5]
+
+
+def test_a_comparison_may_gain_seeds_in_place_but_not_other_settings(tmp_path):
+    from transformer_grow.compare.run import SETTINGS_FILENAME, _check_settings
+
+    settings = {"name": "q", "seeds": [0, 1, 2], "train": {"lr": 3e-3}}
+    _check_settings(tmp_path, settings)
+    _check_settings(tmp_path, {**settings, "seeds": [0, 1, 2, 3, 4]})  # more seeds: every run checks its own
+    assert json.loads((tmp_path / SETTINGS_FILENAME).read_text())["seeds"] == [0, 1, 2, 3, 4]
+    with pytest.raises(ConfigError, match="other settings; resume it with the same settings"):
+        _check_settings(tmp_path, {**settings, "train": {"lr": 1e-3}})

@@ -16,7 +16,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+import transformers as T
 from reliability_helpers import FAST_TRAIN_ARGS, TINY_MODEL_ARGS, assert_refused, cli_data_args, tgrow
+from test_hf_convert import CONFIGS
 
 import transformer_grow.cli.main as cli_main
 from transformer_grow.cli.flags import parse_count
@@ -42,6 +45,10 @@ def base_commands(root: Path) -> dict[str, list[str]]:
         "eval": ["eval", str(root / "run"), "--device", "cpu", "--no-progress"],
         "sample": ["sample", str(root / "run"), "--max-new-tokens", "1", "--device", "cpu", "--no-progress"],
         "grow": ["grow", str(root / "run"), "--to", "tiny", "--method", "stack", "--out", OUT],
+        # A Hugging Face directory in (tiny Llama; hostile directories themselves: tests/test_hf_fuzz.py).
+        "grow --hf": ["grow", "--hf", str(root / "hf"), "--to", str(root / "hf-target.json"), "--depth", "insert_zero",
+                      "--out", OUT],
+        "hf check": ["hf", "check", str(root / "hf")],
         "plan": ["plan", "--plan", "g_stack", "--preset", "micro", "--budget-tokens", "1M"],
         "compare": ["compare", "--budget-tokens", "64k", "--n-evals", "2", "--growth-fraction", "0.5", *data,
                     "--out", OUT],
@@ -67,7 +74,7 @@ def cases() -> list[tuple[str, str, str]]:
     parser = build_parser()
     found = []
     for command in base_commands(Path("/")):
-        words = command.split()[:2] if command.startswith("scaling") else command.split()[:1]
+        words = command.split()[:2] if command.startswith(("scaling", "hf")) else command.split()[:1]
         for action in _subparser(parser, words)._actions:
             if not action.option_strings or action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
                 continue
@@ -91,6 +98,9 @@ def root(tmp_path_factory) -> Path:
     argv = ["train", *TINY_MODEL_ARGS, *FAST_TRAIN_ARGS, *cli_data_args(root), "--max-steps", "1",
             "--out", str(root / "run")]
     assert main(argv) == 0
+    torch.manual_seed(0)
+    T.AutoModelForCausalLM.from_config(CONFIGS["llama"]()).save_pretrained(root / "hf")
+    (root / "hf-target.json").write_text('{"model": {"n_layer": 3}}')
     return root
 
 

@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "transformer_grow"
 # Lower number = lower layer. Same-layer imports are allowed only within one package, except for
 # the foundation modules (layer 0), which may import each other.
 LAYERS = {
-    "errors": 0, "io": 0, "device": 0, "optim_state": 0,
+    "errors": 0, "io": 0, "device": 0, "optim_state": 0, "counts": 0,
     "model": 1, "data": 1, "scaling": 1,
     "distributed": 2,
     "grow": 3,
@@ -27,7 +27,8 @@ LAYERS = {
     "train": 5,
     "growth": 6,
     "compare": 7, "lab": 7,
-    "cli": 8,
+    "ladder": 8,
+    "cli": 9,
 }
 PACKAGE_INIT = "__init__"  # the top-level package: lazy re-exports only, checked separately
 

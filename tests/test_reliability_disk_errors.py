@@ -46,7 +46,7 @@ def test_a_full_disk_mid_run_is_one_line_exit_1_and_the_last_checkpoint_survives
 
     def fill_up(path, data):
         writes["n"] += 1
-        if writes["n"] > 12:  # the first checkpoints fit, then the disk is full
+        if writes["n"] > 15:  # the initial checkpoint (step 0, in the ring) and four more fit, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, data)
 

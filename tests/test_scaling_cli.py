@@ -117,7 +117,8 @@ def test_incomplete_last_line_is_ignored(tmp_path, records):
             {},
             "--d-col",
         ),
-        (lambda rs: [{**r, "tokens": 1e9} for r in rs], {}, "all runs have the same D"),
+        (lambda rs: [{**r, "tokens": 1e9, "flops": 6e9 * r["n_params_nonembedding"]} for r in rs], {},
+         "all runs have the same D"),
     ],
 )
 def test_bad_input_is_refused_naming_the_value(tmp_path, records, change, kwargs, message):

@@ -35,9 +35,9 @@ def windows(n: int = 160, length: int = SEQ + 1) -> torch.Tensor:
     return torch.stack([(base * (i % 7 + 1) + i) % VOCAB for i in range(n)])
 
 
-def small_gpt() -> GPT:
+def small_gpt(seq_len: int = SEQ) -> GPT:
     torch.manual_seed(0)
-    return GPT(preset("micro", vocab_size=VOCAB, seq_len=SEQ, n_layer=2, d_model=32, n_head=2, norm="rmsnorm",
+    return GPT(preset("micro", vocab_size=VOCAB, seq_len=seq_len, n_layer=2, d_model=32, n_head=2, norm="rmsnorm",
                       mlp="swiglu"))
 
 
@@ -210,7 +210,7 @@ def test_iterable_adapter_reads_pairs_dicts_and_skips_to_a_step():
     one_shot.batch(0, 8, SEQ)
     with pytest.raises(ConfigError, match="train_data ran out of batches and cannot start again"):
         one_shot.batch(1, 8, SEQ)
-    with pytest.raises(ConfigError, match="a model of seq_len=32 needs windows of 33"):
+    with pytest.raises(ConfigError, match=r"seq_len=32 needs rows of at least 32 tokens: use rows of \[B, 33\]"):
         IterableTokens([data], VOCAB).check_seq_len(32)
 
 

@@ -67,7 +67,6 @@ def test_rewarmup_multiplies_the_continuing_global_schedule():
 @pytest.mark.parametrize("settings, message", [
     ({"max_steps": -5}, "max_steps=-5 is not allowed"),
     ({"max_tokens": 0, "max_steps": None}, "max_tokens=0 is not allowed"),
-    ({"max_steps": None}, "no training budget"),
     ({"max_steps": 3, "batch_size": 6, "grad_accum": 4}, "batch_size=6 is not divisible by grad_accum=4"),
     ({"max_steps": 3, "schedule": "linear"}, "schedule='linear' is not allowed"),
     ({"max_steps": 3, "lr": -1.0}, "lr=-1.0 is not allowed"),
@@ -78,6 +77,12 @@ def test_rewarmup_multiplies_the_continuing_global_schedule():
 def test_train_config_refuses_bad_values(settings, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         TrainConfig(**settings)
+
+
+def test_a_train_config_may_leave_the_budget_to_its_user():
+    config = TrainConfig(batch_size=8)  # e.g. next to GrowthManager(budget=...): no max_steps asked for
+    with pytest.raises(ConfigError, match="no training budget"):
+        config.validate()  # what a Trainer (and tgrow train) checks
 
 
 def test_train_config_round_trips_and_refuses_unknown_keys():

@@ -110,6 +110,23 @@ def read_text_strict(path: str | os.PathLike, what: str = "file") -> str:
                           "the right file?") from None
 
 
+class DuplicateKeyError(ValueError):
+    """A mapping of YAML/JSON text names one key twice (PyYAML and ``json`` would keep the last silently)."""
+
+
+def load_json(text: str) -> Any:
+    """``json.loads`` that raises :class:`DuplicateKeyError` for a key given twice in one object."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise DuplicateKeyError(f"key {key!r} appears twice; give each setting once")
+            result[key] = value
+        return result
+
+    return json.loads(text, object_pairs_hook=unique)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -239,6 +256,17 @@ def lock_run_dir(directory: str | os.PathLike, what: str = "output directory") -
         yield directory
     finally:
         _held_locks[key].release()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a temporary named after a dead writer may be removed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
 
 
 def holds_run_lock(path: str | os.PathLike) -> bool:

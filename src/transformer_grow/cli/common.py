@@ -24,7 +24,14 @@ from typing import Any
 
 import yaml
 
-from transformer_grow.cli.flags import ConfigFlags, dataclass_default, parse_count
+from transformer_grow.cli.flags import (
+    ConfigFlags,
+    DuplicateKeyError,
+    dataclass_default,
+    load_json,
+    load_yaml,
+    parse_count,
+)
 from transformer_grow.data import DataConfig
 from transformer_grow.data.config import ENCODING_ERRORS, TOKEN_DTYPES, TOKENIZERS
 from transformer_grow.device import resolve_autocast_dtype, resolve_device
@@ -75,8 +82,16 @@ def _check_keys(section: str, values: dict[str, Any], allowed: set[str], path: s
                           f"allowed: {', '.join(sorted(allowed))}")
 
 
-def _normalise(d: dict[str, Any]) -> dict[str, Any]:
-    return {str(k).replace("-", "_"): v for k, v in d.items()}
+def _normalise(d: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Dashes to underscores in the keys; one line if two spellings name one setting (``n-layer``, ``n_layer``)."""
+    result: dict[str, Any] = {}
+    spelled: dict[str, Any] = {}
+    for key, value in d.items():
+        name = str(key).replace("-", "_")
+        require(name not in result, f"config file {path!r}: setting {name!r} is given twice (as {spelled.get(name)!r} "
+                                    f"and {key!r}); give each setting once")
+        result[name], spelled[name] = value, key
+    return result
 
 
 def _coerce_numbers(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -104,12 +119,14 @@ def load_config_file(path: str, extra_sections: tuple[str, ...] = ()) -> dict[st
     require(file.is_file(), f"config file {path!r} does not exist")
     try:
         text = file.read_text(encoding="utf-8")
-        raw = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+        raw = load_json(text) if file.suffix.lower() == ".json" else load_yaml(text)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"config file {path!r}: {e}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"config file {path!r} could not be read: {e}") from e
     raw = {} if raw is None else raw
     require(isinstance(raw, dict), f"config file {path!r} must hold a mapping of settings, not {type(raw).__name__}")
-    raw = _normalise(raw)
+    raw = _normalise(raw, path)
     result: dict[str, Any] = {"preset": None, **{s: {} for s in (*SECTIONS, *extra_sections)}}
     allowed = {"model": _field_names(ModelConfig) | {"preset"}, "train": _field_names(TrainConfig),
                "data": _field_names(DataConfig)}
@@ -117,7 +134,7 @@ def load_config_file(path: str, extra_sections: tuple[str, ...] = ()) -> dict[st
     for key, value in raw.items():
         if key in result and key != "preset":  # a section
             require(isinstance(value, dict), f"config file {path!r}: section {key!r} must be a mapping")
-            value = _normalise(value)
+            value = _normalise(value, path)
             if key in allowed:
                 _check_keys(key, value, allowed[key], path)
             if key == "model" and "preset" in value:
@@ -189,6 +206,7 @@ def build_run_setup(args: argparse.Namespace, extra_sections: tuple[str, ...] = 
     data = DataConfig(**{**file["data"], **DATA_FLAGS.given(args)})
     data.validate()
     train = TrainConfig.from_dict({**file["train"], **TRAIN_FLAGS.given(args)})
+    train.validate()  # a budget is needed here (a TrainConfig alone may leave it to GrowthManager's budget=)
     check_device(train)
     settings = model_settings(args, file)
     vocab_given = "vocab_size" in settings

@@ -33,20 +33,48 @@ from typing import Any
 
 import yaml
 
-_COUNT = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgbt]?)\s*$", re.IGNORECASE)
-_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12}
+from transformer_grow.counts import count_value
+from transformer_grow.io import DuplicateKeyError, load_json  # noqa: F401 - re-exported with load_yaml
+
 _MISSING = dataclasses.MISSING
 
 
 def parse_count(text: str) -> int:
-    """An integer count written as ``1000``, ``1e6``, ``10M``, ``2.5B`` or ``500k``."""
-    match = _COUNT.match(str(text))
-    if not match:
+    """An integer count written as ``1000``, ``1e6``, ``10M``, ``2.5B`` or ``500k``: the package's one count
+    syntax (:func:`transformer_grow.counts.count_value`); a sign is kept for the config's own check."""
+    value = count_value(str(text))
+    if value is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a count (examples: 1000, 1e6, 10M, 2.5B)")
-    value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
     if value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)
+
+
+# ---------------------------------------------------------------------------- YAML and JSON text
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (merge keys ``<<`` may be overridden)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: PyYAML refuses it itself
+                    continue
+                if duplicate:
+                    raise DuplicateKeyError(f"key {key!r} appears twice (line {key_node.start_mark.line + 1}); "
+                                            "give each setting once")
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 # ---------------------------------------------------------------------------- documentation
@@ -125,7 +153,9 @@ def _yaml_value(kind: Any) -> Callable[[str], Any]:
 
     def parse_yaml(text: str) -> Any:
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
+        except DuplicateKeyError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
         except yaml.YAMLError:
             raise argparse.ArgumentTypeError(f"{text!r} is not YAML/JSON") from None
         if not isinstance(value, expected):
@@ -252,4 +282,5 @@ class ConfigFlags:
         return {name: value for name, value in values.items() if value is not None}
 
 
-__all__ = ["ConfigFlags", "dataclass_default", "field_docs", "parse_count"]
+__all__ = ["ConfigFlags", "DuplicateKeyError", "dataclass_default", "field_docs", "load_json", "load_yaml",
+           "parse_count"]

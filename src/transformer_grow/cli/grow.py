@@ -26,8 +26,12 @@ from transformer_grow.cli.common import load_config_file
 from transformer_grow.errors import ConfigError, choice, require
 from transformer_grow.grow import grow, grow_optimizer_state, target_config
 from transformer_grow.grow.composite import CHOICES, plan
+from transformer_grow.grow.depth import WHOLE_FACTOR_METHODS
+from transformer_grow.grow.steps import DEFAULTS, resolve_choices
 from transformer_grow.io import atomic_write_json, check_directory_path
 from transformer_grow.model import PRESETS, ModelConfig
+from transformer_grow.model.sharing import unshared_config
+from transformer_grow.model.sizing import is_size, target_for_size
 from transformer_grow.train.checkpoint import (
     CHECKPOINT_DIRNAME,
     Checkpoint,
@@ -63,10 +67,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--to",
         default=None,
-        metavar="PRESET_OR_FILE",
-        help=f"target: a preset ({', '.join(PRESETS)}) or a YAML/JSON file of model settings "
-        "(missing settings keep the checkpoint's values); a checkpoint with cross-layer sharing grows unshared; "
-        "not needed with --method unshare (the same model, unshared)",
+        metavar="PRESET_SIZE_OR_FILE",
+        help=f"target: a preset ({', '.join(PRESETS)}), a parameter count (e.g. 350M, 1.2e8: the model's shape "
+        "scaled, in whole multiples where the depth/width methods need them) or a YAML/JSON file of model settings "
+        "(missing settings keep the checkpoint's values); a checkpoint with cross-layer sharing is unshared first "
+        "(exact), then grown; not needed with --method unshare (the same model, unshared)",
     )
     parser.add_argument(
         "--out",
@@ -155,18 +160,32 @@ def _index_list(text: str | None, flag: str) -> list[int] | None:
         raise ConfigError(f"{flag} {text!r} must be comma-separated integers, e.g. 0,1,2,3") from None
 
 
-def resolve_target(to: str | None, source: ModelConfig, method: str | None = None) -> ModelConfig:
-    """``--to``: a preset name, or a config file whose model settings override the checkpoint's. A shared
-    model (cross-layer sharing) can only grow by unsharing first, so its target is unshared unless the
-    file says otherwise; without ``--to``, ``--method unshare`` unshares the model and changes nothing else."""
+def resolve_target(to: str | None, source: ModelConfig, method: str | None = None,
+                   choices: dict[str, str | None] | None = None) -> ModelConfig:
+    """``--to``: a preset name, a parameter count (``50K``, ``1.2e8``: :func:`size_target`) or a config file
+    whose model settings override the checkpoint's. A shared model (cross-layer sharing) grows by unsharing
+    first, so its target is read against the unshared model and is unshared unless the file says otherwise;
+    without ``--to``, ``--method unshare`` unshares the model and changes nothing else."""
     if to is None:
-        require(method == "unshare", "--to is required (a preset or a YAML/JSON file), except with --method unshare")
+        require(method == "unshare", "--to is required (a preset, a size such as 350M, or a YAML/JSON file), "
+                                     "except with --method unshare")
         require(source.share != "none", "--method unshare: this checkpoint has no cross-layer sharing (share='none')")
         return source.replace(share="none")
-    target = _target_from(to, source)
+    base = unshared_config(source) if source.share != "none" else source  # e.g. share_layers of 2 layers, not 4
+    target = size_target(to, base, method, choices) if is_size(to) else _target_from(to, base)
     if source.share != "none" and target.share == source.share:
         target = target.replace(share="none")
     return target
+
+
+def size_target(to: str, source: ModelConfig, method: str | None, choices: dict[str, str | None] | None) -> ModelConfig:
+    """``--to 350M``: the target of about that many parameters (:func:`transformer_grow.model.sizing.target_for_size`)
+    that the depth and width methods (given, or the defaults stack and clone) can grow to: whole multiples of
+    the depth for stack-like methods, of the width for clone."""
+    chosen = resolve_choices(method, dict(choices or {}))
+    depth, width = chosen.get("depth") or DEFAULTS["depth"], chosen.get("width") or DEFAULTS["width"]
+    return target_for_size(source, to, what="--to", whole_depth=depth in WHOLE_FACTOR_METHODS,
+                           whole_width=width == "clone")
 
 
 def _target_from(to: str, source: ModelConfig) -> ModelConfig:
@@ -174,7 +193,7 @@ def _target_from(to: str, source: ModelConfig) -> ModelConfig:
         return target_config(source, to)
     require(
         Path(to).suffix.lower() in (".json", ".yaml", ".yml") or Path(to).is_file(),
-        f"--to {to!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML/JSON file",
+        f"--to {to!r} is neither a preset ({', '.join(PRESETS)}), a size (e.g. 350M, 1.2e8) nor a YAML/JSON file",
     )
     file = load_config_file(to)
     base = target_config(source, file["preset"]) if file["preset"] else source
@@ -248,8 +267,8 @@ def run(args: argparse.Namespace) -> int:
     require(args.checkpoint is not None, "give CHECKPOINT_DIR (a checkpoint or run directory) or --hf PATH")
     refuse_existing_checkpoint(out, args.out)
     ckpt = load_checkpoint(args.checkpoint)
-    target = resolve_target(args.to, ckpt.model_config, args.method)
     options, choices = operator_arguments(args)
+    target = resolve_target(args.to, ckpt.model_config, args.method, choices)
     plan(
         ckpt.model_config,
         target,

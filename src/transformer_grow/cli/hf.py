@@ -9,17 +9,26 @@
 exports the result to the model's family and prints the declared kind and the measured max |dlogits|
 of the source HF model against the grown HF model (fp32), or why the family cannot hold the result.
 ``grow --hf`` (:func:`grow_hf_dir`) writes ``save_pretrained`` safetensors and ``growth_record.json``.
-Nothing is downloaded: PATH is a local ``save_pretrained`` directory. An HF directory holds no optimizer
-state; :func:`transformer_grow.hf.grow_hf` (``optimizer_state=``) carries AdamW moments in Python.
+Nothing is downloaded: PATH is a local ``save_pretrained`` directory, checked before a weight is read
+(:func:`transformer_grow.hf.load.inspect_hf`: safetensors only, every tensor against the family's key map),
+and a target whose estimated memory exceeds this machine's RAM is refused before anything is built.
+An HF directory holds no optimizer state; :func:`transformer_grow.hf.grow_hf` (``optimizer_state=``)
+carries AdamW moments in Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from transformer_grow.errors import require
-from transformer_grow.io import atomic_write_json
+from transformer_grow.errors import ConfigError, require
+from transformer_grow.io import atomic_write_json, check_directory_path
+
+# Peak memory of growing an HF model, in model copies: the source twice (the HF model and our GPT) and
+# the target three times (our grown GPT, the grown HF model, its reload after saving), plus three fp32
+# logits of the probe (source, ours, grown). A lower bound.
+SOURCE_COPIES, TARGET_COPIES, PROBE_LOGITS = 2, 3, 3
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -64,12 +73,47 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_hf_memory(directory, targets: list, what: str, advice: str) -> None:
+    """Refuse, before anything is built or loaded, growth whose estimated peak memory (the source's
+    weight bytes and the largest target's parameters at the source's dtype, :data:`TARGET_COPIES`
+    copies) exceeds this machine's RAM (the HF path runs on the CPU)."""
+    from transformer_grow.grow.report import DEFAULT_PROBE_BATCH
+    from transformer_grow.train.memory import FP32, check_memory, estimate_parameters
+
+    largest = max(estimate_parameters(t) for t in targets)
+    logits = max(FP32 * DEFAULT_PROBE_BATCH * t.seq_len * t.vocab_size for t in targets)
+    estimate = (SOURCE_COPIES * directory.weight_bytes + TARGET_COPIES * largest * directory.bytes_per_param
+                + PROBE_LOGITS * logits)
+    check_memory(estimate, f"{what.format(n=f'{largest:,}')} from {directory.hf_class} {str(directory.path)!r}",
+                 "cpu", advice)
+
+
+def _probe_targets(config) -> list:
+    from transformer_grow.hf.check import operator_probes
+
+    targets = [config]
+    for _, target, _ in operator_probes(config):
+        try:
+            targets.append(config.replace(**target))
+        except ConfigError:  # refused later, row by row
+            pass
+    return targets
+
+
 def run_check(args: argparse.Namespace) -> int:
     require(args.seq_len is None or args.seq_len > 0, f"--seq-len={args.seq_len} must be a positive integer")
+    require(0 <= args.seed < 2**63, f"--seed={args.seed} is not allowed; it must be from 0 to 2**63 - 1")
+    if args.json is not None:  # refused now, not after every operator has run
+        require("\x00" not in args.json, f"--json {args.json!r} contains a NUL character")
+        require(not Path(args.json).is_dir(), f"--json {args.json!r} is a directory; give a file name")
+        check_directory_path(Path(args.json).absolute().parent, f"--json {args.json!r}: its folder")
     from transformer_grow.hf.check import check_operators
-    from transformer_grow.hf.convert import load_hf
+    from transformer_grow.hf.load import inspect_hf, load_hf
 
-    model = load_hf(args.path)
+    directory = inspect_hf(args.path, args.seq_len)  # every refusal before a weight is read
+    check_hf_memory(directory, _probe_targets(directory.config), "checking every operator (up to {n} parameters)",
+                    "check it on a machine with more memory")
+    model = load_hf(directory)
     checks = check_operators(model, seq_len=args.seq_len, seed=args.seed)
     print(f"{type(model).__name__} at {args.path}: operator, declared kind, measured HF -> HF preservation")
     for check in checks:
@@ -77,24 +121,32 @@ def run_check(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, {"path": str(args.path), "model": type(model).__name__,
                                       "operators": [vars(c) for c in checks]})
+    failed = [c.operator for c in checks if c.failed]
+    if failed:
+        print(f"tgrow hf check: {len(failed)} operator(s) measured nothing finite: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
 def grow_hf_dir(args: argparse.Namespace) -> int:
     """`tgrow grow --hf PATH --to ... --out DIR`: the arguments of `tgrow grow` (cli/grow.py)."""
     from transformer_grow.cli.grow import operator_arguments, resolve_target
-    from transformer_grow.hf.convert import config_from_hf, load_hf
+    from transformer_grow.grow.composite import plan
     from transformer_grow.hf.grow import RECORD_FILE, grow_hf, save_grown
-    from transformer_grow.model.sizing import is_size, target_for_size
+    from transformer_grow.hf.load import inspect_hf, load_hf
 
     out = Path(args.out)
     require(not out.exists() or not any(out.iterdir()), f"--out {args.out!r} is not empty; choose another directory")
     require(args.hf_seq_len is None or args.hf_seq_len > 0, f"--hf-seq-len={args.hf_seq_len} must be positive")
     require(args.to is not None, "--hf needs --to: a size (e.g. 350M), a preset or a YAML/JSON file")
-    model = load_hf(args.hf)
-    source = config_from_hf(model, args.hf_seq_len)
-    target = target_for_size(source, args.to) if is_size(args.to) else resolve_target(args.to, source)
+    directory = inspect_hf(args.hf, args.hf_seq_len)  # every refusal before a weight is read
+    source = directory.config
+    target = resolve_target(args.to, source, args.method, operator_arguments(args)[1])  # a size: what the methods reach
+    check_hf_memory(directory, [target], "growing to {n} parameters", "choose a smaller --to")
     options, choices = operator_arguments(args)
+    plan(source, target, args.method, noise=args.noise, noise_std=args.noise_std, **choices, **options)  # refusals
+    model = load_hf(directory)  # the weights are read only once everything else is known to be fine
     growth = grow_hf(model, target, args.method, seq_len=args.hf_seq_len, noise=args.noise,
                      noise_std=args.noise_std, seed=args.seed, source=str(args.hf), **choices, **options)
     record = save_grown(growth, out)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import shlex
 import sys
 import warnings
 
@@ -110,19 +109,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def resume_command(argv: list[str], out: str, lr: float) -> str:
-    """The command line ``argv`` (a `tgrow train --plan` run) resuming ``out`` with learning rate ``lr``."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--lr", "--resume", "--out"):
-            skip = True
-        elif not arg.startswith(("--lr=", "--resume=", "--out=")):
-            kept.append(arg)
-    return shlex.join(["tgrow", *kept, "--resume", str(out), "--lr", f"{lr:g}"])
-
-
 def run_plan_from_args(args: argparse.Namespace, resume: bool = False) -> int:
     """Train ``args.plan`` with the settings of ``tgrow train`` (the hook for ``tgrow train --plan``).
 
@@ -130,12 +116,14 @@ def run_plan_from_args(args: argparse.Namespace, resume: bool = False) -> int:
     times the batch); ``--out`` is the run directory (resumable: run the same command again).
     """
     from transformer_grow.cli.common import build_run_setup
+    from transformer_grow.cli.train import diverged_message
     from transformer_grow.data import prepare_data
     from transformer_grow.growth.manager import GrowthManager
     from transformer_grow.io import lock_run_dir
     from transformer_grow.train.distributed import main_rank_first
+    from transformer_grow.train.interrupt import stop_on_signals
     from transformer_grow.train.memory import check_training_memory
-    from transformer_grow.train.trainer import TrainingDiverged
+    from transformer_grow.train.trainer import TrainingDiverged, TrainingInterrupted
 
     require(getattr(args, "out", None) is not None, "--out DIR is required with --plan (the run directory)")
     setup = build_run_setup(args)
@@ -163,14 +151,17 @@ def run_plan_from_args(args: argparse.Namespace, resume: bool = False) -> int:
                                     parallel=getattr(args, "parallel", None), env=env,
                                     allow_optimizer_changes=resume)
         try:
-            record = manager.run(data).record
+            with stop_on_signals():  # SIGTERM (schedulers) and SIGINT: finish the step, checkpoint, stop
+                record = manager.run(data).record
         except TrainingDiverged as e:
-            if main:
-                command = resume_command(getattr(args, "argv", None) or ["train", "--plan", args.plan], args.out,
-                                         train.lr / 10)
-                print(f"tgrow train: error: training diverged: {' '.join(str(e).split())}; the last good checkpoint "
-                      f"is kept in {args.out}; resume it with a lower learning rate: {command}", file=sys.stderr)
+            if main:  # the ring's newest healthy checkpoint, resumed with a lower learning rate
+                argv = getattr(args, "argv", None) or ["train", "--plan", args.plan]
+                print(f"tgrow train: error: {diverged_message(e, argv, plan=True)}", file=sys.stderr)
             return 1
+        except TrainingInterrupted as e:
+            if main:
+                print(f"tgrow train: {e}; continue by running the same command again", file=sys.stderr)
+            return e.exit_code
     if main:
         print(f"done: plan {args.plan}, final val_loss {record.final_val_loss:.4f}, {record.total_tokens:,} tokens, "
               f"{record.total_flops:.4g} FLOPs, wall {record.wall_seconds:.1f}s; result in {args.out}/result.json")

@@ -28,10 +28,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 from transformer_grow.cli.scaling_curve import add_curve_command
 from transformer_grow.cli.scaling_grid import add_grid_commands
+from transformer_grow.cli.scaling_ladder import add_ladder_command
 from transformer_grow.errors import require
 
 
@@ -48,6 +51,7 @@ def add_parser(subparsers) -> None:
     add_curve_command(sub)
     _add_growth(sub)
     add_grid_commands(sub)
+    add_ladder_command(sub)
 
 
 def _add_fit(sub) -> None:
@@ -64,7 +68,9 @@ def _add_fit(sub) -> None:
                    help="column holding the parameter count N (default: n_params_nonembedding)")
     p.add_argument("--d-col", default=None, help="column holding the training tokens D (default: tokens)")
     p.add_argument("--c-col", default=None, help="column holding the training compute C in FLOPs; without --d-col, "
-                                                 "D = C / (6 N) (default: flops when present, else C = 6 N D)")
+                                                 "D = C / (6 N) (default: flops when present, else C = 6 N D); with "
+                                                 "N and D columns too, C / (6 N D) must lie in [0.1, 8] (a results "
+                                                 "record's model config widens it to its own head and attention cost)")
     p.add_argument("--loss-col", default=None, help="column holding the final loss (default: final_val_loss)")
     p.add_argument("--drop-invalid", action="store_true",
                    help="leave out runs with a missing, non-numeric or non-positive value instead of refusing")
@@ -178,6 +184,18 @@ def _load_fit_data(args):
     return data_from_records(rows, source=args.file, **columns), notes
 
 
+def _check_law_falls(fit, loss_col: str) -> None:
+    """Refuse a fitted L(N, D) whose loss does not fall with N or with D: its exponents and compute-optimal
+    allocation (``(alpha A / beta B)^(1 / (alpha + beta))``) are meaningless, or not even numbers."""
+    if fit is None:
+        return
+    for name, exponent, quantity in (("alpha", fit.params.alpha, "N"), ("beta", fit.params.beta, "D")):
+        require(exponent > 0, f"the fitted L(N,D) has {name}={exponent:.3g}: in these runs the loss does not fall "
+                              f"as {quantity} grows, so the law and its compute-optimal allocation mean nothing; check "
+                              f"that {loss_col!r} holds a loss (lower is better) of the right runs, or fit "
+                              "--fits single")
+
+
 def run_fit(args) -> int:
     from transformer_grow.scaling.analysis import analyse
     from transformer_grow.scaling.report import fit_summary, short_summary, write_report
@@ -185,12 +203,20 @@ def run_fit(args) -> int:
     options = _fit_options(args)
     if args.out is not None:
         require(not Path(args.out).is_file(), f"--out {args.out!r} is a file; give a directory")
-    data, notes = _load_fit_data(args)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. an incomplete last line: one clean line
+        warnings.simplefilter("always")
+        data, notes = _load_fit_data(args)
     for note in notes:
         print(f"note: {note}")
+    if data.dropped:
+        shown = "; ".join(data.dropped[:3]) + (f"; and {len(data.dropped) - 3} more" if len(data.dropped) > 3 else "")
+        print(f"note: used {len(data)} of {len(data) + len(data.dropped)} runs; left out {len(data.dropped)}: {shown}")
     if options.n_bootstrap:
         print(f"fitting, then {options.n_bootstrap} bootstrap resamples of the requested fits...", flush=True)
     analysis = analyse(data, options)
+    _check_law_falls(analysis.chinchilla, data.columns["loss"])
+    for warning in caught:  # after the analysis: a refused input gets one line
+        print(f"warning: {warning.message}", file=sys.stderr)
     if args.out is not None:
         summary = write_report(analysis, args.out, plots=not args.no_plots)
     else:

@@ -9,6 +9,8 @@ reuses it.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
 from transformer_grow.errors import require
@@ -140,7 +142,7 @@ def run_curve(args) -> int:
     from transformer_grow.io import atomic_write_json
     from transformer_grow.scaling.anneal_prior import has_decay
     from transformer_grow.scaling.curve import fit_learning_curve
-    from transformer_grow.scaling.curve_data import load_curve
+    from transformer_grow.scaling.curve_data import load_curve, rising_tail
     from transformer_grow.scaling.report import finite
 
     require(0 < args.fit_fraction <= 1, f"--fit-fraction {args.fit_fraction} must lie in (0, 1]")
@@ -149,18 +151,29 @@ def run_curve(args) -> int:
     require(args.out is None or not Path(args.out).is_file(), f"--out {args.out!r} is a file; give a directory")
     _prior_flags(args)
     lrs = _schedule_lrs(args)
-    curve = load_curve(args.file, x_col=args.x_col, loss_col=args.loss_col, lr_col=args.lr_col, schedule_lrs=lrs,
-                       x_end=args.total_steps)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. an incomplete last line: one clean line
+        warnings.simplefilter("always")
+        curve = load_curve(args.file, x_col=args.x_col, loss_col=args.loss_col, lr_col=args.lr_col,
+                           schedule_lrs=lrs, x_end=args.total_steps)
     x0, x1 = float(curve.x[0]), float(curve.x[-1])
     seen = curve.x <= x0 + args.fit_fraction * (x1 - x0) + 1e-9
+    rising = rising_tail(curve.x[seen], curve.loss[seen], args.x_col, args.loss_col)
     end = curve.lrs.size * curve.unit if curve.lrs is not None else x1
     targets = np.array(args.at if args.at else [end], dtype=float)
-    require(np.all(targets > 0), f"--at {args.at} must be positive")
+    if args.at:
+        require(np.all(targets > 0), f"--at {' '.join(f'{v:g}' for v in args.at)}: every x must be positive")
+    else:  # the default: the end of the learning rates (e.g. logged only at steps <= 0) or of the curve
+        require(end > 0, f"the default --at, the end of the {'learning rates' if curve.lrs is not None else 'curve'} "
+                         f"({args.x_col}={end:g}), is not positive; give --at X with X > 0")
     if curve.lrs is not None:
         last = curve.lrs.size * curve.unit
         require(np.all(targets <= last + 1e-9), f"--at {targets.max():g} is past the last known learning rate "
                 f"({last:g}); give the whole schedule with --schedule or predict within it")
-    prior, references = _prior_source(args, curve)
+    with warnings.catch_warnings(record=True) as caught_references:
+        warnings.simplefilter("always")
+        prior, references = _prior_source(args, curve)
+    notices = ([str(w.message) for w in caught + caught_references] + list(curve.warnings)
+               + ([rising] if rising else []))
     if references:  # the first fitting work: one fit per completed run
         prior = _pool_references(references)
     steps = curve.steps
@@ -178,10 +191,15 @@ def run_curve(args) -> int:
         else:
             prior_note = ("note: the learning rates of this curve never decrease, so the prior has nothing to say; "
                           "give the whole schedule with --schedule for a run whose decay has not begun")
+    for note in curve.notes:  # printed once every refusal is past: a refused input gets one line
+        print(f"note: {note}")
+    for notice in notices:
+        print(f"warning: {notice}", file=sys.stderr)
     print(f"{int(seen.sum())} of {curve.x.size} points of {curve.source} fitted (columns: "
           + ", ".join(f"{k} = {v}" for k, v in curve.columns.items()) + ")")
     summary = {"source": curve.source, "columns": curve.columns, "fit_fraction": args.fit_fraction,
-               "n_fitted": int(seen.sum()), "level": args.level, "forms": {}}
+               "n_fitted": int(seen.sum()), "level": args.level, "notes": list(curve.notes), "warnings": notices,
+               "forms": {}}
     if prior is not None:
         print(f"prior: {prior.describe()}")
         if prior_note is not None:

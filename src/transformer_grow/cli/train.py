@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 
@@ -35,19 +36,19 @@ from transformer_grow.errors import ConfigError, require
 from transformer_grow.io import atomic_write_json, lock_run_dir
 from transformer_grow.model import ModelConfig
 from transformer_grow.train import TrainConfig, Trainer, TrainingDiverged
-from transformer_grow.train.checkpoint import (
-    CHECKPOINT_DIRNAME,
-    read_checkpoint_meta,
-    resolve_checkpoint_dir,
-)
+from transformer_grow.train.checkpoint import read_checkpoint_meta, resolve_checkpoint_dir
 from transformer_grow.train.distributed import (
     main_rank_first,
     make_trainer,
     maybe_distributed_session,
     resume_trainer,
 )
+from transformer_grow.train.interrupt import stop_on_signals
 from transformer_grow.train.memory import check_training_memory
 from transformer_grow.train.metrics import METRICS_FILENAME
+from transformer_grow.train.outcome import TrainingInterrupted
+from transformer_grow.train.recovery import recovery_line
+from transformer_grow.train.ring import is_ring_entry, rewind, run_dir_of
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -60,10 +61,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="run directory for config.json, metrics.jsonl and checkpoint/ (required unless "
                              "--resume, which defaults to the resumed run's directory)")
     parser.add_argument("--resume", metavar="DIR", default=None,
-                        help="continue the run whose checkpoint is in DIR (a run or checkpoint directory); the "
-                             "model comes from the checkpoint, train/data flags (e.g. a larger --max-steps) "
-                             "override the checkpointed settings. With --plan: the plan run in DIR, whose "
-                             "lr, min-lr-ratio, warmup-steps and grad-clip may change (e.g. after a divergence)")
+                        help="continue the run whose checkpoint is in DIR (a run or checkpoint directory, e.g. "
+                             "RUN/checkpoints/step-N of the ring a divergence names: the steps after it are then "
+                             "abandoned); the model comes from the checkpoint, train/data flags (e.g. a larger "
+                             "--max-steps) override the checkpointed settings. With --plan: the plan run in DIR (or "
+                             "a checkpoint of its ring), whose lr, min-lr-ratio, warmup-steps, grad-clip and "
+                             "skip-batches may change (e.g. after a divergence)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars on stderr")
     parser.add_argument("--parallel", "--strategy", dest="parallel", choices=("none", "ddp", "fsdp"), default="none",
                         help="data parallelism under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2), e.g. "
@@ -79,21 +82,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # Optimizer settings a resumed run may change (to recover from a divergence), logged as an event.
-RECOVERY_SETTINGS = ("lr", "min_lr_ratio", "warmup_steps", "grad_clip", "weight_decay", "beta1", "beta2")
+RECOVERY_SETTINGS = ("lr", "min_lr_ratio", "warmup_steps", "grad_clip", "weight_decay", "beta1", "beta2",
+                     "skip_batches")
 
 
-def diverged_line(error: Exception, run_dir: str | Path | None, command: str, lr: float) -> str:
-    """One line: what diverged, and the exact command that resumes from the last good checkpoint
-    with a lower learning rate (warmup and clipping may change on resume too)."""
+def argv_without(argv: list[str], *flags: str) -> list[str]:
+    """``argv`` without ``flags`` and their values (``--flag VALUE`` or ``--flag=VALUE``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in flags)):
+            kept.append(arg)
+    return kept
+
+
+def diverged_message(error: TrainingDiverged, argv: list[str] | None, plan: bool = False) -> str:
+    """The error line of a diverged run: the checkpoint to resume, the command and the lower learning rate
+    (:func:`~transformer_grow.train.recovery.recovery_line`)."""
+    if plan:  # a plan run resumes with its own command line (the optimizer settings may change)
+        base = argv_without(list(argv or ["train"]), "--lr", "--resume", "--out", "--skip-batches")
+        return recovery_line(error, lambda path: shlex.join(["tgrow", *base, "--resume", str(path)]))
+    return recovery_line(error, lambda path: f"tgrow train --resume {shlex.quote(str(path))}")
+
+
+def interrupted_message(error: TrainingInterrupted, command: str) -> str:
+    """The line of a run a stop signal ended: where it stopped and the command that continues it."""
     text = " ".join(str(error).split())
-    try:
-        step = read_checkpoint_meta(run_dir)["train_state"]["step"] if run_dir is not None else None
-    except ConfigError:
-        step = None
-    if step is None:
-        return f"training diverged: {text}; no checkpoint was written yet: start again with a lower --lr"
-    return (f"training diverged: {text}; the last good checkpoint (step {step}) is kept in {run_dir}; resume it "
-            f"with a lower learning rate: {command} --lr {lr / 10:g}")
+    return text if error.checkpoint is None else f"{text}; continue with: {command}"
 
 
 def _print_start(trainer: Trainer, data, resumed: bool) -> None:
@@ -105,13 +123,18 @@ def _print_start(trainer: Trainer, data, resumed: bool) -> None:
           f"| data: {getattr(data, 'description', '')}", file=sys.stderr)
 
 
-def _fit(trainer: Trainer, main: bool, run_dir: str | Path | None, command: str) -> int:
+def _fit(trainer: Trainer, main: bool, argv: list[str] | None, command: str) -> int:
     try:
-        summary = trainer.fit()
+        with stop_on_signals():  # SIGTERM (schedulers) and SIGINT: finish the step, checkpoint, stop
+            summary = trainer.fit()
     except TrainingDiverged as e:
         if main:
-            print(f"tgrow train: error: {diverged_line(e, run_dir, command, trainer.config.lr)}", file=sys.stderr)
+            print(f"tgrow train: error: {diverged_message(e, argv)}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        if main:
+            print(f"tgrow train: {interrupted_message(e, command)}", file=sys.stderr)
+        return e.exit_code
     finally:
         trainer.close()
     if main:
@@ -146,7 +169,7 @@ def _run_new(args: argparse.Namespace) -> int:
                                                     "data": dataclasses.asdict(setup.data),
                                                     "data_fingerprint": data.fingerprint})
             _print_start(trainer, data, resumed=False)
-        return _fit(trainer, main, out, f"tgrow train --resume {out}")
+        return _fit(trainer, main, getattr(args, "argv", None), f"tgrow train --resume {shlex.quote(str(out))}")
 
 
 def _run_resume(args: argparse.Namespace) -> int:
@@ -167,20 +190,38 @@ def _run_resume(args: argparse.Namespace) -> int:
     env = args.dist_env
     main = env is None or env.is_main
     ckpt_dir = resolve_checkpoint_dir(args.resume)
-    out = Path(args.out) if args.out else ckpt_dir.parent if ckpt_dir.name in (
-        CHECKPOINT_DIRNAME, f".{CHECKPOINT_DIRNAME}.old") else None
+    out = Path(args.out) if args.out else run_dir_of(ckpt_dir)
     with _locked(out, main):
         with main_rank_first(env):
             data = prepare_data(data_config, progress=not args.no_progress and main)
         trainer = resume_trainer(args.resume, data, strategy=args.parallel, env=env, train_config=train,
                                  out_dir=args.out, data_config=data_config, progress=not args.no_progress)
         if main:
-            changes = {name: [state["train_config"].get(name), value] for name, value in train.to_dict().items()
-                       if name in RECOVERY_SETTINGS and state["train_config"].get(name) != value}
+            saved = TrainConfig.from_dict(state["train_config"])  # its defaults where the file leaves fields out
+            changes = {name: [getattr(saved, name), getattr(train, name)] for name in RECOVERY_SETTINGS
+                       if getattr(saved, name) != getattr(train, name)}
             if changes:  # e.g. a lower learning rate after a divergence: on the record, next to the losses
                 trainer.log(event="optimizer_settings_changed", changes=changes)
             _print_start(trainer, data, resumed=True)
-        return _fit(trainer, main, out, f"tgrow train --resume {args.out or args.resume}")
+        return _fit(trainer, main, getattr(args, "argv", None),
+                    f"tgrow train --resume {shlex.quote(str(out if out is not None else args.resume))}")
+
+
+def _plan_run_dir(args: argparse.Namespace) -> Path:
+    """The run directory of ``--resume`` with ``--plan``: the directory itself, or the run of a checkpoint of
+    its ring (which then becomes the latest, the steps after it abandoned: see train/ring.py)."""
+    path = Path(args.resume)
+    if not is_ring_entry(path):
+        return path
+    entry = resolve_checkpoint_dir(path)  # refuses a missing or damaged one in one line
+    run_dir = run_dir_of(entry)
+    read_checkpoint_meta(entry)
+    env = args.dist_env
+    with main_rank_first(env):
+        if env is None or env.is_main:
+            with lock_run_dir(run_dir, "run directory"):
+                rewind(entry)
+    return run_dir
 
 
 def _locked(out: Path | None, main: bool):
@@ -196,9 +237,10 @@ def run(args: argparse.Namespace) -> int:
                 f"{PLAN_FLAGS.flag(given[0]) if given else ''} is a growth-plan option; it applies only with --plan")
         if args.plan is not None:
             if args.resume is not None:  # explicit: the optimizer settings (e.g. --lr) may change
-                require(args.out is None or Path(args.out) == Path(args.resume),
+                run_dir = _plan_run_dir(args)
+                require(args.out is None or Path(args.out) == run_dir,
                         f"--resume {args.resume!r} and --out {args.out!r} differ; a plan run resumes in its own "
                         "directory (give one of them)")
-                args.out = args.resume
+                args.out = str(run_dir)
             return run_plan_from_args(args, resume=args.resume is not None)
         return _run_resume(args) if args.resume else _run_new(args)

@@ -262,13 +262,18 @@ def compare_preset(name: str) -> CompareConfig:
 
 
 def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Refuse a directory of another comparison. The seeds may change (every run lives under its seed's
+    directory and checks its own settings): a comparison found within seed noise gains seeds in place."""
     path = out_dir / SETTINGS_FILENAME
+    settings = json.loads(json.dumps(settings, default=str))
     if path.exists():
-        if read_json(path) != json.loads(json.dumps(settings, default=str)):
+        saved = read_json(path)
+        if {k: v for k, v in saved.items() if k != "seeds"} != {k: v for k, v in settings.items() if k != "seeds"}:
             raise ConfigError(f"{str(out_dir)!r} holds a comparison with other settings; resume it with the same "
-                              "settings, or use another --out")
-    else:
-        atomic_write_json(path, settings)
+                              "settings (--seeds may change), or use another --out")
+        if saved.get("seeds") == settings.get("seeds"):
+            return
+    atomic_write_json(path, settings)
 
 
 def run_compare(config: CompareConfig, out_dir: str | Path, data=None, log: Callable[[str], None] | None = None,

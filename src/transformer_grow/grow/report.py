@@ -12,7 +12,8 @@ The measurement is a certificate, so it must not be able to mislead:
   device type involved, TF32 matmuls are off, non-fp32 models are measured on an fp32 copy, dropout
   is off;
 - the declared kind is checked against it: an ``exact`` operator whose max |dlogits| exceeds the
-  tolerance raises :class:`GrowthCertificateError` with the numbers.
+  tolerance raises :class:`GrowthCertificateError` with the numbers;
+- a measurement that is not finite (NaN, inf) certifies nothing: it raises whatever the tolerance.
 """
 
 from __future__ import annotations
@@ -197,20 +198,22 @@ def loss_at_length(adapter, model: nn.Module, probe: tuple[torch.Tensor, torch.T
 def certify(report: GrowthReport, exact_tol: float | None) -> None:
     """Check the declared kind against the measurement; raise :class:`GrowthCertificateError` if a
     declared-``exact`` growth measured max |dlogits| above ``exact_tol`` or a measurement is not
-    finite. ``exact_tol=None`` records the numbers without checking."""
+    finite. ``exact_tol=None`` records the numbers without checking the kind; a measurement that is not
+    finite (NaN, inf) raises whatever ``exact_tol``: it certifies nothing."""
     if report.max_abs_dlogits is None:
         return
-    finite = math.isfinite(report.max_abs_dlogits) and math.isfinite(report.loss_new)
-    if exact_tol is None:
-        return
-    require(exact_tol > 0, f"exact_tol={exact_tol!r} must be > 0 (or None to skip the check)")
-    report.tolerance = exact_tol
+    finite = all(math.isfinite(v) for v in (report.max_abs_dlogits, report.loss_old, report.loss_new))
     where = (
         f"{report.method}: max|dlogits|={report.max_abs_dlogits:.3g} on the "
         f"{report.probe.get('source', '?')} probe {report.probe.get('shape', '?')}"
     )
     if not finite:
-        raise GrowthCertificateError(f"{where}, loss {report.loss_new}: the grown model is not finite", report)
+        raise GrowthCertificateError(f"{where}, loss {report.loss_old} -> {report.loss_new}: not finite, so "
+                                     "nothing is certified", report)
+    if exact_tol is None:
+        return
+    require(exact_tol > 0, f"exact_tol={exact_tol!r} must be > 0 (or None to skip the check)")
+    report.tolerance = exact_tol
     if report.kind == "exact" and report.max_abs_dlogits > report.tolerance:
         raise GrowthCertificateError(
             f"{where} exceeds exact_tol={exact_tol:g} (fp32): declared 'exact' but the function changed",

@@ -13,7 +13,8 @@ It is the plan's first stage: trained from its weights, then grown (:func:`seed_
 derived by one rule for every model (:func:`transformer_grow.model.sizing.target_for_size`): keep the model's
 shape (aspect ratio ``d_model / n_layer``, ``head_dim``, GQA group, FFN ratio) and take the
 architecture whose total parameter count is closest. A size not above the model's is refused, and
-so is one no architecture within :class:`ModelConfig`'s limits reaches.
+so is one no architecture within :class:`ModelConfig`'s limits reaches, or none within 25% of it
+(:data:`~transformer_grow.model.sizing.SIZE_TOLERANCE`; the refusal names the nearest sizes).
 
 ``budget``: ``"100B tokens"`` (the target trained from scratch on that many tokens: the baseline's
 budget, which every plan shares, in FLOPs by default) or ``"3e21 FLOPs"`` (that many FLOPs: the
@@ -33,7 +34,9 @@ from typing import Any
 
 import torch
 
+from transformer_grow.counts import MAX_COUNT, count_value, parse_count
 from transformer_grow.errors import ConfigError, choice, require
+from transformer_grow.grow.depth import WHOLE_FACTOR_METHODS
 from transformer_grow.growth.accounting import flops_per_token, param_counts
 from transformer_grow.growth.builders import (
     SHORT,
@@ -50,31 +53,14 @@ from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, Stage, describ
 from transformer_grow.growth.timing import g_stack_timing
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.model.config import check_growth
+from transformer_grow.model.sizing import target_for_size
 from transformer_grow.train.distributed import STRATEGIES as PARALLEL_STRATEGIES
 from transformer_grow.train.distributed import DistEnv
 
 STRATEGIES = ("g_stack", "compound", "progressive", "adaptive", "ligo")
-MAX_COUNT = 10**18  # no parameter or token count of any run is larger
-_COUNT = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
 _BUDGET = re.compile(r"^\s*(.+?)\s*(tokens?|flops?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 # Depth operators that repeat blocks a whole number of times; other depths use insert_zero (exact).
-WHOLE_FACTOR_DEPTH = ("stack", "repeat", "interleave")
-
-
-def _number(text: Any) -> float | None:
-    """The value of ``"7B"``, ``"1.2e8"``, ``"350m"``; ``None`` if ``text`` is not such a number."""
-    match = _COUNT.match(text) if isinstance(text, str) else None
-    return float(match.group(1)) * _UNITS[match.group(2).lower()] if match else None
-
-
-def parse_count(text: str | int, what: str) -> int:
-    """``"7B"`` -> 7_000_000_000; ``"350M"``, ``"1.2e8"``, ``"2k"``, ``125000`` likewise (positive)."""
-    value = float(text) if isinstance(text, int) and not isinstance(text, bool) else _number(text)
-    require(value is not None and 1 <= value <= MAX_COUNT,
-            f"{what}={text!r} is not allowed; write a positive number with an optional K, M, B or T suffix "
-            "(e.g. 350M, 7B, 1.2e8), at most 1e18")
-    return int(round(value))
+WHOLE_FACTOR_DEPTH = WHOLE_FACTOR_METHODS
 
 
 @dataclass(frozen=True)
@@ -99,7 +85,7 @@ def parse_budget(budget: str | int) -> Budget:
     if isinstance(budget, int) and not isinstance(budget, bool):
         return Budget(parse_count(budget, "budget"), "tokens")
     match = _BUDGET.match(budget) if isinstance(budget, str) else None
-    value = _number(match.group(1)) if match else None
+    value = count_value(match.group(1)) if match else None
     unit = "tokens" if match and match.group(2).lower().startswith("token") else "flops"
     most = MAX_COUNT if unit == "tokens" else 1e40  # FLOPs exceed tokens by about 6N
     require(value is not None and 1 <= value <= most,
@@ -119,17 +105,7 @@ def derive_target(source: ModelConfig, target_size: Any, seq_len: int | None = N
     if isinstance(target_size, dict):
         return ModelConfig.from_dict({**source.to_dict(), "head_dim": None, "n_kv_head": None, "d_ff": None,
                                       **target_size}), None
-    n = parse_count(target_size, "target_size")
-    from transformer_grow.model.sizing import count_params, target_for_size
-
-    have = count_params(source)
-    require(n > have, f"target_size={target_size!r} ({n:,} parameters) is not larger than the model ({have:,}); "
-                      "growth needs a larger target")
-    try:
-        return target_for_size(source, n), None
-    except ConfigError as e:  # the rule ran past a size limit of ModelConfig
-        raise ConfigError(f"target_size={target_size!r} ({n:,} parameters): no architecture of this model's shape "
-                          f"reaches it within the model limits ({e})") from None
+    return target_for_size(source, target_size, what="target_size"), None
 
 
 # --------------------------------------------------------------------------------- plan
@@ -282,12 +258,39 @@ class ManagerSetup:
     initial: GPT | None = None  # the seed API's model: the first stage's weights
     hf_family: Any = None  # as given (a dict or a FamilyInfo), or the HF model's or target's family record
     lines: list[str] = field(default_factory=list)  # the seed API's derived target and budget
+    mask_token_id: int | None = None  # a bidirectional target's [MASK] id (mask_token_for)
+
+
+def mask_token_for(causal: bool, given: int | None, tokenizer: Any, model: Any, *targets: Any) -> int | None:
+    """A bidirectional (BERT) target's ``[MASK]`` id for masked LM: ``given`` (``train_config.mask_token_id``),
+    ``tokenizer.mask_token_id`` or the HF config's ``mask_token_id`` (of ``model`` or ``targets``), which must
+    agree; ``None`` when none says (the trainer's default). An HF model with none of them is refused: the
+    default, the last id, is a token of its vocabulary. A causal target: ``given``."""
+    if causal:
+        return given
+    said = [] if given is None else [("train_config.mask_token_id", given)]
+    if tokenizer is not None:
+        require(getattr(tokenizer, "mask_token_id", None) is not None,
+                f"tokenizer= ({type(tokenizer).__name__}) has no mask_token_id; a bidirectional model's masked LM "
+                "needs its [MASK] token")
+        said.append(("tokenizer.mask_token_id", tokenizer.mask_token_id))
+    for spec in (model, *targets):
+        config = spec.config if is_hf_model(spec) else spec if is_hf_config(spec) else None
+        value = config.get("mask_token_id") if isinstance(config, dict) else getattr(config, "mask_token_id", None)
+        if value is not None:
+            said.append(("the HF config's mask_token_id", value))
+    for name, value in said[1:]:
+        require(value == said[0][1], f"{said[0][0]}={said[0][1]!r} and {name}={value!r} disagree; give one [MASK] id")
+    require(bool(said) or not is_hf_model(model),
+            f"{type(model).__name__} is trained by masked LM: give its [MASK] id, tokenizer= (its mask_token_id) or "
+            "train_config=TrainConfig(mask_token_id=...); the default, the last id, is a token of its vocabulary")
+    return said[0][1] if said else None
 
 
 def resolve_arguments(target: Any, plan: str | GrowthPlan, budget_tokens: int | None,
                       plan_options: PlanOptions | None, parallel: str | None, env: DistEnv | None,
                       hf_family: Any, *, model: Any, strategy: str | None, target_size: Any, budget: Any,
-                      seq_len: int | None) -> ManagerSetup:
+                      seq_len: int | None, tokenizer: Any = None, mask_token_id: int | None = None) -> ManagerSetup:
     """Resolve :class:`~transformer_grow.growth.manager.GrowthManager`'s arguments (seed API, plan API or an
     HF config as ``target``) into a validated plan, refusing bad ones before any work."""
     if strategy in PARALLEL_STRATEGIES:  # the old name of `parallel`: say so rather than "not a growth plan"
@@ -297,7 +300,7 @@ def resolve_arguments(target: Any, plan: str | GrowthPlan, budget_tokens: int | 
     if parallel is not None:
         choice("parallel", parallel, PARALLEL_STRATEGIES)
         env = env or DistEnv.current()
-    initial, lines = None, []
+    initial, lines, target_spec = None, [], target
     if model is not None or strategy is not None or target_size is not None or budget is not None:
         require(model is not None, "strategy=, target_size= and budget= go with model= (the model to grow)")
         require(target is None and budget_tokens is None,
@@ -319,7 +322,8 @@ def resolve_arguments(target: Any, plan: str | GrowthPlan, budget_tokens: int | 
             and getattr(plan, "anneal_prior", None) is None:  # a plan not built from plan_options (seed API)
         plan = with_anneal_prior(plan, load_anneal_prior(plan_options.anneal_prior))
     plan.validate()
-    return ManagerSetup(plan, parallel, env, initial, hf_family, lines)
+    mask = mask_token_for(plan.target.causal, mask_token_id, tokenizer, model, target_spec, target_size)
+    return ManagerSetup(plan, parallel, env, initial, hf_family, lines, mask)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -335,11 +339,12 @@ def weights_digest(model: torch.nn.Module) -> str:
 def batch_sources(train_data: Any, eval_data: Any, target: ModelConfig, eval_windows: int) -> tuple[Any, Any]:
     """``(train, eval)`` as :meth:`GrowthManager.run` takes them: our token data and window tensors pass
     through; other iterables of token batches are read by :class:`~transformer_grow.data.iterable.IterableTokens`
-    (which then also serves the validation windows)."""
-    from transformer_grow.data.iterable import IterableTokens
+    (which then also serves the validation windows; :mod:`~transformer_grow.data.rows`: Hugging Face rows,
+    labels and padding)."""
+    from transformer_grow.data.iterable import IterableTokens, eval_windows_of
 
     if not hasattr(train_data, "batch"):
-        return IterableTokens(train_data, target.vocab_size, eval_data=eval_data), None
+        return IterableTokens(train_data, target.vocab_size, eval_data=eval_data, causal=target.causal), None
     if eval_data is not None and not isinstance(eval_data, torch.Tensor) and not hasattr(eval_data, "val_windows"):
-        eval_data = IterableTokens(eval_data, target.vocab_size).val_windows(target.seq_len, eval_windows)
+        eval_data = eval_windows_of(eval_data, target.vocab_size, target.seq_len, eval_windows, target.causal)
     return train_data, eval_data

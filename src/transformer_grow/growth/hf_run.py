@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from transformer_grow.errors import ConfigError, require
-from transformer_grow.io import atomic_write_json
+from transformer_grow.io import DuplicateKeyError, atomic_write_json, load_json
 from transformer_grow.model import GPT, ModelConfig
 
 FAMILY_KEY = "hf_family"  # driver-state key and result.json field of the family record
@@ -56,16 +56,16 @@ def read_hf_config(spec: Any) -> dict[str, Any]:
     text = str(spec).strip()
     if text.startswith("{"):
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
+            return load_json(text)
+        except (json.JSONDecodeError, DuplicateKeyError) as e:
             raise ConfigError(f"--hf-config inline JSON does not parse: {e}") from None
     path = Path(text)
     path = path / "config.json" if path.is_dir() else path
     require(path.is_file(), f"HF config {text!r} is neither inline JSON, a config.json file nor a directory holding "
                             "one")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return load_json(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, DuplicateKeyError) as e:
         raise ConfigError(f"HF config {str(path)!r} is not JSON: {e}") from None
 
 
@@ -150,7 +150,7 @@ def export_run(run: str | Path, out: str | Path, family: str | None = None) -> d
     hf = to_hf_model(gpt, recorded)
     hf.save_pretrained(out)
     reloaded = loader_class(gpt.config, FamilyInfo.from_dict({**recorded, "seq_len": gpt.config.seq_len})
-                            ).from_pretrained(out)
+                            ).from_pretrained(out, use_safetensors=True)
     probe = torch.randint(0, gpt.config.vocab_size, (2, gpt.config.seq_len),
                           generator=torch.Generator().manual_seed(PROBE_SEED))
     with fp32_context({"cpu"}), torch.no_grad():

@@ -56,6 +56,7 @@ from pathlib import Path
 
 import torch
 
+from transformer_grow.data.iterable import IterableTokens
 from transformer_grow.distributed.env import check_batch_split
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.growth.accounting import (
@@ -68,7 +69,7 @@ from transformer_grow.growth.accounting import (
 )
 from transformer_grow.growth.api import batch_sources, resolve_arguments, weights_digest
 from transformer_grow.growth.bookkeeping import expert_event_entry, growth_event_entry, stage_entry
-from transformer_grow.growth.budget import BudgetSchedule, evaluate_fixed_windows
+from transformer_grow.growth.budget import BudgetSchedule
 from transformer_grow.growth.builders import PlanOptions
 from transformer_grow.growth.event import check_growth_events, grow_trainer
 from transformer_grow.growth.experts import ExpertController, RoutingMonitor
@@ -77,19 +78,22 @@ from transformer_grow.growth.plan import GrowthPlan, describe_config
 from transformer_grow.growth.record import EvalPoint, RunRecord
 from transformer_grow.growth.run_state import Counters, GrowthRunState, ScheduleStart
 from transformer_grow.growth.trigger import stage_schedule, trigger_fires
+from transformer_grow.growth.windows import probe_of, window_loss
 from transformer_grow.io import atomic_write_json, read_json
 from transformer_grow.model.config import FIXED_FIELDS, GROWABLE_FIELDS
 from transformer_grow.train.checkpoint import resolve_checkpoint_dir
-from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.config import OBSERVATION_FIELDS, TrainConfig
 from transformer_grow.train.distributed import DistEnv, make_trainer, resume_trainer
+from transformer_grow.train.interrupt import requested as stop_signal
 from transformer_grow.train.metrics import METRICS_FILENAME
+from transformer_grow.train.resume import check_skip_change
 from transformer_grow.train.schedule import LRSchedule
-from transformer_grow.train.trainer import Trainer
+from transformer_grow.train.trainer import Trainer, TrainingInterrupted
 
 RESULT_FILENAME = "result.json"
 STATE_KEY = "growth_manager"
 # Optimizer settings an explicit resume may change (to recover from a divergence).
-RESUME_CHANGEABLE = ("lr", "min_lr_ratio", "warmup_steps", "grad_clip")
+RESUME_CHANGEABLE = ("lr", "min_lr_ratio", "warmup_steps", "grad_clip", "skip_batches")
 PROBE_WINDOWS = 8  # validation windows of the growth certificate
 
 
@@ -120,7 +124,9 @@ class GrowthManager:
     a config) and ``budget`` (``"100B tokens"``, ``"3e21 FLOPs"``); ``seq_len``: the context of an HF
     RoPE model (default ``max_position_embeddings`` capped at 2048). Then :meth:`grow_and_train`. The
     derived target, budget and stages are logged here, before any training. ``batch_size`` (sequences
-    per step) and the optimiser come from ``train_config``.
+    per step) and the optimiser come from ``train_config`` (its ``max_steps``/``max_tokens`` need not be
+    set: the budget is ``budget``'s). A bidirectional (BERT) model's ``[MASK]`` id: ``train_config``'s,
+    ``tokenizer=``'s ``mask_token_id`` or the HF config's (:func:`~transformer_grow.growth.api.mask_token_for`).
 
     Args:
         target: the final model's config (``plan`` built-in names grow into it), or a ``transformers``
@@ -149,9 +155,11 @@ class GrowthManager:
                  name: str | None = None, log: Callable[[str], None] | None = log_to_stderr,
                  data_config=None, parallel: str | None = None, env: DistEnv | None = None,
                  allow_optimizer_changes: bool = False, *, model=None, strategy: str | None = None,
-                 target_size=None, budget=None, seq_len: int | None = None, hf_family: dict | None = None):
+                 target_size=None, budget=None, seq_len: int | None = None, hf_family: dict | None = None,
+                 tokenizer=None):
         setup = resolve_arguments(target, plan, budget_tokens, plan_options, parallel, env, hf_family, model=model,
-                                  strategy=strategy, target_size=target_size, budget=budget, seq_len=seq_len)
+                                  strategy=strategy, target_size=target_size, budget=budget, seq_len=seq_len,
+                                  tokenizer=tokenizer, mask_token_id=getattr(train_config, "mask_token_id", None))
         plan, parallel, env, hf_family = setup.plan, setup.parallel, setup.env, setup.hf_family
         self.initial_model: torch.nn.Module | None = setup.initial  # the first stage's weights (seed API)
         self.seed_lines: list[str] = setup.lines
@@ -159,7 +167,9 @@ class GrowthManager:
         require(isinstance(eval_windows, int) and eval_windows >= 1,
                 f"eval_windows={eval_windows!r} must be an integer >= 1")
         self.plan = plan
-        self.train_config = train_config or TrainConfig(max_steps=1)
+        self.train_config = train_config or TrainConfig(max_steps=1)  # its budget is the plan's (no max_steps asked)
+        if setup.mask_token_id is not None:  # a BERT's [MASK] id from tokenizer= or its HF config
+            self.train_config = self.train_config.replace(mask_token_id=setup.mask_token_id)
         adaptation = getattr(plan, "expert_adaptation", None)  # the dynamic MoE plan's expert count
         self.experts = None if adaptation is None else ExpertController(adaptation, self.train_config.seed)
         self._routing, self._routing_points = RoutingMonitor(), []  # MoE routing at every evaluation
@@ -201,12 +211,18 @@ class GrowthManager:
     def fingerprint(self, data, train_config: TrainConfig | None = None) -> str:
         """Identity of this run's settings: a checkpoint or result with another one is refused."""
         train = train_config or self.train_config
-        ident = {"plan": self.plan.to_dict(), "train": train.to_dict(), "n_evals": self.n_evals,
+        train_settings = {k: v for k, v in train.to_dict().items() if k not in OBSERVATION_FIELDS}  # never identity
+        ident = {"plan": self.plan.to_dict(), "train": train_settings, "n_evals": self.n_evals,
                  "eval_windows": self.eval_windows, "data": getattr(data, "fingerprint", None)}
         if self._initial_digest is not None:  # keys only when set: fingerprints of other runs stay as they were
             ident["initial_weights"] = self._initial_digest
         if self.hf_family is not None:
             ident["hf_family"] = self.hf_family
+        if any(s.growth is not None and "stack" in (s.growth.method, s.growth.options.get("depth"))
+               for s in self.plan.stages):
+            # depth="stack" became G_stack's whole-model layout on 2026-12-08 (it duplicated blocks in place
+            # before): a run checkpointed under the old meaning is refused, never resumed with the other layout.
+            ident["stack_layout"] = "whole_model"
         return hashlib.blake2b(json.dumps(ident, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
 
     def _stage_train_config(self, stage_index: int) -> TrainConfig:
@@ -261,9 +277,11 @@ class GrowthManager:
         GPT otherwise; in eval mode, as ``from_pretrained`` returns models.
 
         ``train_data``/``eval_data``: our token data, or any iterable of token batches (a DataLoader of
-        ``[B, T + 1]`` LongTensors, ``(x, y)`` pairs or dicts with ``input_ids``), read in order
+        ``[B, T + 1]`` LongTensors, ``(x, y)`` pairs or dicts in the Hugging Face convention: ``input_ids``
+        of ``seq_len`` tokens or more, ``labels`` with -100, ``attention_mask`` padding), read in order
         (:class:`~transformer_grow.data.iterable.IterableTokens`; without ``eval_data`` the first rows of
-        ``train_data`` are held out for validation). ``limit_steps``: as for :meth:`run` (returns ``None``).
+        ``train_data`` are held out for validation and never trained on). ``limit_steps``: as for :meth:`run`
+        (returns ``None``).
         """
         train_data, eval_data = batch_sources(train_data, eval_data, self.plan.target, self.eval_windows)
         result = self.run(train_data, eval_data, limit_steps=limit_steps)
@@ -316,7 +334,8 @@ class GrowthManager:
                     f"eval windows must have shape [n, {self.plan.target.seq_len + 1}], got {tuple(eval_data.shape)}")
             self._windows = eval_data
         else:
-            self._windows = eval_data.val_windows(self.plan.target.seq_len, self.eval_windows)
+            labelled = {"labelled": True} if isinstance(eval_data, IterableTokens) else {}  # growth/windows.py
+            self._windows = eval_data.val_windows(self.plan.target.seq_len, self.eval_windows, **labelled)
 
     def _start_or_resume(self, data, fingerprint: str) -> None:
         checkpoint = None
@@ -349,6 +368,8 @@ class GrowthManager:
                 self.trainer.set_driver_state(FAMILY_KEY, self.hf_family)
             self.state = GrowthRunState(fingerprint, stage_start=self._counters(),
                                         stage_end_step=self._stage_end_step(0), schedule=ScheduleStart())
+            # in the trainer's first checkpoint too: its initial one (step 0), which a divergence may name
+            self.trainer.set_driver_state(STATE_KEY, self.state.to_dict())
         self._install_schedule()
 
     def _accept_optimizer_changes(self, trainer: Trainer, data, saved: dict, fingerprint: str) -> dict:
@@ -358,6 +379,7 @@ class GrowthManager:
         if self.fingerprint(data, self.train_config.replace(**old)) != saved.get("fingerprint"):
             return saved
         new = {name: getattr(self.train_config, name) for name in RESUME_CHANGEABLE}
+        check_skip_change(trainer.config.replace(**new), trainer.config, trainer.step)
         trainer.config = trainer.config.replace(**new)
         changes = {name: [old[name], new[name]] for name in RESUME_CHANGEABLE if old[name] != new[name]}
         if self.is_main:
@@ -385,6 +407,10 @@ class GrowthManager:
         if not state.curve:
             self._evaluate()
         while True:
+            if t.stop_requested():  # SIGTERM/SIGINT: checkpoint where the loop stands, as limit_steps does
+                self._checkpoint()
+                raise TrainingInterrupted(stop_signal() or 0, t.step,
+                                          None if self.out_dir is None else str(self.out_dir / "checkpoint"))
             index = state.stage
             stage = self.plan.stages[index]
             self._rebudget_routed_stage()
@@ -425,7 +451,7 @@ class GrowthManager:
     def _evaluate(self) -> float:
         t = self.trainer
         batch = t.config.eval_batch_size or t.config.micro_batch_size
-        loss = evaluate_fixed_windows(t.model, self._windows, batch, t.device, t.window_loss)
+        loss = window_loss(t, t.model, self._windows, batch)
         self.state.curve.append(EvalPoint(t.step, t.tokens, float(t.flops), t.wall_seconds, loss, self.state.stage))
         self.state.next_eval = math.floor(self._spent() / self.budget * self.n_evals + 1e-6) + 1
         routing = self._routing.read(t.model)[0] if t.model.config.n_expert else {}
@@ -471,8 +497,7 @@ class GrowthManager:
         event = new_stage.growth
         finished_stage = self._stage_record()  # appended only once growth succeeded: after a failure the stage goes on
         loss_before = state.curve[-1].val_loss if state.curve[-1].step == t.step \
-            else evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device,
-                                       t.window_loss)
+            else window_loss(t, t.model, self._windows, t.config.micro_batch_size)
         with t.timed():  # growth counts as training time; grow_trainer re-wraps a DDP/FSDP model
             # The certificate is measured on real validation windows at the target's full length
             # (also covering the new positions after context growth).
@@ -481,7 +506,7 @@ class GrowthManager:
                                   seed=self.train_config.seed + 1000 * (index + 1),
                                   batch_size=stage_batch_size(new_stage.model, self.tokens_per_step),
                                   preserve=event.preserve, dynamics_relax=event.dynamics_relax,
-                                  probe=self._windows[:PROBE_WINDOWS], **event.options)
+                                  probe=probe_of(self._windows[:PROBE_WINDOWS]), **event.options)
             new_config = result.model.config
             for name in FIXED_FIELDS + GROWABLE_FIELDS:  # grow() reached the planned stage's sizes
                 require(getattr(new_config, name) == getattr(new_stage.model, name),
@@ -494,8 +519,7 @@ class GrowthManager:
         state.stage = index + 1
         state.stage_start = self._counters()
         state.stage_end_step = self._stage_end_step(index + 1)
-        loss_after = evaluate_fixed_windows(t.model, self._windows, t.config.micro_batch_size, t.device,
-                                       t.window_loss)
+        loss_after = window_loss(t, t.model, self._windows, t.config.micro_batch_size)
         report = result.report
         state.events.append(growth_event_entry(t, index, event, report, loss_before, loss_after))
         t.log(event="growth", operator=report.method, val_loss_before=loss_before, val_loss_after=loss_after)
@@ -520,7 +544,7 @@ class GrowthManager:
             return
         t = self.trainer
         with t.timed():
-            event = self.experts.after_steps(t, probe=self._windows[:PROBE_WINDOWS])
+            event = self.experts.after_steps(t, probe=probe_of(self._windows[:PROBE_WINDOWS]))
         if event is None:
             return
         self.state.events.append(expert_event_entry(t, self.state.stage, event))

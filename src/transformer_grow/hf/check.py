@@ -15,8 +15,10 @@ from typing import Any
 from torch import nn
 
 from transformer_grow.errors import ConfigError
+from transformer_grow.grow.build import probe_for
+from transformer_grow.grow.report import GrowthCertificateError
 from transformer_grow.hf.convert import from_hf
-from transformer_grow.hf.grow import grow_hf
+from transformer_grow.hf.grow import grow_hf, source_logits
 from transformer_grow.model import ModelConfig
 
 
@@ -31,8 +33,11 @@ class OperatorCheck:
     dloss: float | None = None
     grown_class: str | None = None
     refused: str | None = None  # why the operator or its export does not apply
+    failed: str | None = None  # the measurement certifies nothing (not finite): never reported as a kind
 
     def line(self) -> str:
+        if self.failed:
+            return f"{self.operator:<22} {'FAILED':<12} {self.failed}"
         if self.refused:
             return f"{self.operator:<22} {'-':<12} not available: {self.refused}"
         return (f"{self.operator:<22} {self.kind:<12} max|dlogits|={self.max_abs_dlogits:.3g} "
@@ -44,7 +49,7 @@ def operator_probes(cfg: ModelConfig) -> list[tuple[str, dict[str, Any], dict[st
     L, group = cfg.n_layer, cfg.n_head // cfg.n_kv_head
     wider = {"d_model": cfg.d_model + group * cfg.head_dim}  # a whole kv group of heads more, where d_attn = d
     probes: list[tuple[str, dict, dict]] = []
-    for method in ("stack", "repeat", "interleave"):
+    for method in ("stack", "duplicate", "interleave"):
         probes.append((f"depth={method}", {"n_layer": 2 * L}, {"depth": method}))
     for method in ("insert_zero", "insert_random"):
         probes.append((f"depth={method}", {"n_layer": L + 1}, {"depth": method}))
@@ -72,12 +77,15 @@ def operator_probes(cfg: ModelConfig) -> list[tuple[str, dict[str, Any], dict[st
 
 def check_operators(model: nn.Module, *, seq_len: int | None = None, probe=None, seed: int = 0) -> list[OperatorCheck]:
     """Run every operator of :func:`operator_probes` on ``model`` (untouched) and measure each."""
-    gpt, _ = from_hf(model, seq_len)  # refuses an unsupported model before any operator runs
+    gpt, _ = from_hf(model, seq_len)  # refuses an unsupported or non-finite model before any operator runs
+    source_logits(model, probe_for(gpt.config, probe).batch[0])  # and one whose function is not finite
     results = []
     for operator, target, options in operator_probes(gpt.config):
         check = OperatorCheck(operator, target)
         try:
             growth = grow_hf(model, target, seq_len=seq_len, probe=probe, exact_tol=None, seed=seed, **options)
+        except GrowthCertificateError as e:  # not finite: a failure, not a property of the family
+            check.failed = " ".join(str(e).split())
         except ConfigError as e:
             check.refused = " ".join(str(e).split())
         else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,8 +23,6 @@ from transformer_grow.grow.adapter import GPTAdapter
 from transformer_grow.hf.families import (
     EXTRA_FIELDS,
     FAMILIES,
-    REFUSED,
-    SUPPORTED_CLASSES,
     TOKEN_FIELDS,
     Family,
     Piece,
@@ -151,6 +148,7 @@ def from_hf(model: nn.Module, seq_len: int | None = None) -> tuple[GPT, FamilyIn
     family = family_of(model)
     fields = family.read_config(model.config, seq_len)
     config = ModelConfig(**fields)
+    check_finite(model)
     keys = [str(i) for i in range(config.n_layer)]
     gpt = GPTAdapter().build(config, keys, like=model)
     hf = dict(model.named_parameters())
@@ -172,25 +170,21 @@ def from_hf(model: nn.Module, seq_len: int | None = None) -> tuple[GPT, FamilyIn
     return gpt, info
 
 
+@torch.no_grad()
+def check_finite(model: nn.Module, where: str | None = None) -> None:
+    """:class:`ConfigError` naming the first tensor of ``model`` that holds NaN or inf: such a model has
+    no function to preserve, and any certificate measured on it would be meaningless."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ConfigError(f"{where or type(model).__name__}: tensor {name} holds {bad:,} NaN or inf value(s); a "
+                              "model with non-finite weights cannot be converted or certified (repair or re-export it)")
+
+
 def config_from_hf(model: nn.Module, seq_len: int | None = None) -> ModelConfig:
     """The :class:`ModelConfig` :func:`from_hf` would build for ``model`` (refusals included), without
     building anything."""
     return ModelConfig(**family_of(model).read_config(model.config, seq_len))
-
-
-def load_hf(path: str | Path) -> nn.Module:
-    """A supported ``transformers`` LM (causal, or BERT's masked LM) from a local ``save_pretrained`` directory
-    (never a download);
-    :class:`ConfigError` naming the supported classes for any other architecture."""
-    path = Path(path)
-    require((path / "config.json").is_file(), f"{str(path)!r} is not a Hugging Face model directory "
-                                              "(no config.json); give a local save_pretrained directory")
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
-    if arch not in SUPPORTED_CLASSES:
-        why = f" ({REFUSED[arch]})" if arch in REFUSED else ""
-        raise ConfigError(f"{arch} is not supported{why}; supported: {', '.join(SUPPORTED_CLASSES)}")
-    return getattr(transformers, arch).from_pretrained(path, local_files_only=True)
 
 
 def export_family(config: ModelConfig, info: FamilyInfo) -> Family:

@@ -4,7 +4,9 @@
 model and certifies the whole chain on one probe, in fp32 and eval mode: the conversion (HF source vs
 our GPT), the growth (our report), the export (our grown GPT vs the grown HF model) and end to end
 (HF source vs grown HF model, the number a user cares about). A declared-``exact`` growth whose
-end-to-end max |dlogits| exceeds ``exact_tol`` raises :class:`GrowthCertificateError`, as in ``grow``.
+end-to-end max |dlogits| exceeds ``exact_tol`` raises :class:`GrowthCertificateError`, as in ``grow``; a
+measurement that is not finite raises whatever ``exact_tol`` (NaN is never a certificate), and a source
+model whose own logits are not finite is refused before anything is grown.
 
 ``save_grown(growth, out)`` writes ``save_pretrained`` safetensors plus ``growth_record.json`` (source,
 operators, measured preservation), reloads the directory with ``AutoModelForCausalLM`` (BERT:
@@ -18,6 +20,9 @@ MLM head predicts; the max |dlogits| is the certificate either way).
 from __future__ import annotations
 
 import copy
+import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,7 @@ from transformer_grow.grow import grow, grow_optimizer_state
 from transformer_grow.grow.build import probe_for
 from transformer_grow.grow.report import EXACT_TOL, GrowthCertificateError, GrowthResult, fp32_context
 from transformer_grow.hf.convert import FamilyInfo, from_hf, hf_logits, loader_class, state_from_hf, state_to_hf, to_hf
-from transformer_grow.io import atomic_write_json
+from transformer_grow.io import atomic_replace_dir, atomic_write_json
 from transformer_grow.model import ModelConfig
 from transformer_grow.optim_state import StateByName
 
@@ -72,6 +77,17 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b.to(a.device)).abs().max())
 
 
+def source_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The source model's fp32 eval logits on the probe; :class:`ConfigError` unless every one is finite
+    (a model whose function is NaN or inf somewhere has nothing to preserve or certify)."""
+    with fp32_context({p.device.type for p in model.parameters()}):
+        logits = hf_logits(_fp32_copy(model), tokens)
+    require(bool(torch.isfinite(logits).all()),
+            f"{type(model).__name__}: its logits on the probe are not finite (NaN or inf: weights too large for "
+            "fp32?); nothing can be certified on it")
+    return logits
+
+
 def grow_hf(
     model: nn.Module,
     target: ModelConfig | dict | str,
@@ -98,8 +114,8 @@ def grow_hf(
     if not gpt.config.causal:  # a masked LM predicts each position's own token (module docstring)
         y = x
     devices = {p.device.type for p in model.parameters()}
+    before = source_logits(model, x)
     with fp32_context(devices):
-        before = hf_logits(_fp32_copy(model), x)
         conversion = _max_diff(before, _gpt_logits(gpt, x))
     if exact_tol is not None:
         require(conversion <= exact_tol, f"conversion of {info.hf_class}: max|dlogits|={conversion:.3g} exceeds "
@@ -133,6 +149,11 @@ def grow_hf(
         "report": report.to_dict(),
         "notes": list(info.notes),
     }
+    measured = {k: v for k, v in preservation.items() if isinstance(v, float) and k != "tolerance"}
+    if not all(math.isfinite(v) for v in measured.values()):  # never a certificate, whatever exact_tol
+        raise GrowthCertificateError(
+            f"{report.method} on {info.hf_class}: the grown model is not finite ("
+            + ", ".join(f"{k}={v:.3g}" for k, v in measured.items() if not math.isfinite(v)) + ")", report)
     if exact_tol is not None and report.kind == "exact" and preservation["max_abs_dlogits"] > exact_tol:
         raise GrowthCertificateError(
             f"{report.method} on {info.hf_class}: HF max|dlogits|={preservation['max_abs_dlogits']:.3g} exceeds "
@@ -146,17 +167,30 @@ def grow_hf(
 
 def save_grown(growth: HFGrowth, out: str | Path) -> dict[str, Any]:
     """Write the grown model (``save_pretrained``: config + safetensors) and ``growth_record.json`` to
-    ``out``; reload it with ``AutoModelForCausalLM`` (BERT: ``AutoModelForMaskedLM``) and record its max
-    |dlogits| against the grown model on the probe (``reload_max_abs_dlogits``, 0 up to fp32 rounding).
-    Returns the record."""
+    ``out``; reload it with ``AutoModelForCausalLM`` (BERT: ``AutoModelForMaskedLM``; safetensors only)
+    and record its max |dlogits| against the grown model on the probe (``reload_max_abs_dlogits``, 0 up
+    to fp32 rounding; above ``EXACT_TOL`` or not finite raises :class:`GrowthCertificateError`). The
+    directory is written beside ``out`` and moved into place once verified: ``out`` is never left
+    half-written. Returns the record."""
     out = Path(out)
-    growth.model.save_pretrained(out)
-    reloaded = loader_class(growth.result.model.config, growth.info).from_pretrained(out)
-    with fp32_context({"cpu"} | {p.device.type for p in growth.model.parameters()}):
-        expected = hf_logits(_fp32_copy(growth.model), growth.probe)
-        got = hf_logits(_fp32_copy(reloaded), growth.probe)
-    record = dict(growth.record)
-    record["reload_class"] = type(reloaded).__name__
-    record["reload_max_abs_dlogits"] = _max_diff(got, expected)
-    atomic_write_json(out / RECORD_FILE, record)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        growth.model.save_pretrained(tmp)
+        reloaded = loader_class(growth.result.model.config, growth.info).from_pretrained(
+            tmp, local_files_only=True, use_safetensors=True)
+        with fp32_context({"cpu"} | {p.device.type for p in growth.model.parameters()}):
+            expected = hf_logits(_fp32_copy(growth.model), growth.probe)
+            got = hf_logits(_fp32_copy(reloaded), growth.probe)
+        record = dict(growth.record)
+        record["reload_class"] = type(reloaded).__name__
+        record["reload_max_abs_dlogits"] = _max_diff(got, expected)
+        if not record["reload_max_abs_dlogits"] <= EXACT_TOL:  # NaN fails too
+            raise GrowthCertificateError(
+                f"the saved {record['grown_class']} does not reload to the measured model: max|dlogits|="
+                f"{record['reload_max_abs_dlogits']:.3g} > {EXACT_TOL:g}", growth.result.report)
+        atomic_write_json(tmp / RECORD_FILE, record)
+        atomic_replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return record

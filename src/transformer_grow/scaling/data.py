@@ -14,8 +14,18 @@ CSV: a header row, then one row per run. Columns are chosen by name, the same wa
   C from ``flops``.
 
 Then, in this order: ``where`` conditions select rows (:mod:`.rowfilter`); every value must be a positive
-finite number, a bad value is refused with its line and column (or, with ``drop_invalid``, its run is
+finite number in ``RANGES``, a bad value is refused with its line and column (or, with ``drop_invalid``, its run is
 left out and counted); ``drop_highest`` leaves out the K highest-loss runs (diverged or broken runs).
+
+Refused as ambiguous: a CSV header naming a column twice, and one column named for two quantities. When
+N, D and C all come from columns, C must agree with 6 N D: the lab counts ``6 N`` per token for the
+weights plus the output head (``6 d_model vocab``) and attention (``6 n_layer seq_len d_attn``;
+``GPT.flops_per_token``), so ``C / (6 N D)`` is above 1 for a dense model (1.7 for the quick grid, 6.7
+for the dev grid's smallest model), and below 1 for a growth run (its small stages are cheaper per
+token) or an MoE (N counts every expert). A row outside ``C_RATIO_RANGE`` (a results record with its
+model ``config``: up to 1.5 times that model's own overhead, and growth and MoE lower) is refused with
+its ratio, and so are two runs of the same N whose ratios differ by more than ``SAME_MODEL_SPREAD``
+(one model costs the same FLOPs per token whatever its budget).
 """
 
 from __future__ import annotations
@@ -40,6 +50,10 @@ DEFAULT_C_COL = "flops"
 DEFAULT_LOSS_COL = "final_val_loss"
 MIN_POINTS = 6  # the Chinchilla form has five parameters
 FORMATS = ("auto", "jsonl", "csv")
+C_RATIO_RANGE = (0.1, 8.0)  # C / (6 N D) allowed without a model config (module docstring)
+SAME_MODEL_SPREAD = 2.0  # largest ratio / smallest ratio among runs of one N
+# Values a fit can take without overflowing N^-alpha: N, D and C are counts (or counts in millions or billions).
+RANGES = {"count": (1e-3, 1e40), "loss": (1e-6, 1e6)}
 
 
 @dataclass(frozen=True)
@@ -64,7 +78,7 @@ def read_jsonl_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` for every complete line of a results JSONL file; see the module docstring."""
     path = Path(path)
     require(path.is_file(), f"results file {str(path)!r} does not exist")
-    text = read_text_strict(path, "results file")
+    text = read_text_strict(path, "results file").removeprefix("\ufeff")  # a byte-order mark
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, start=1):
@@ -83,11 +97,25 @@ def read_jsonl_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
-    with StringIO(read_text_strict(path, "CSV file"), newline="") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        rows = [(f"row {i}", row) for i, row in enumerate(reader, start=2)]
-    require(header, f"{path}: the CSV file has no header row")
+    """Header (names stripped of spaces) and ``("row K", record)`` pairs; a name used twice is refused."""
+    text = read_text_strict(path, "CSV file").removeprefix("\ufeff")  # a byte-order mark
+    reader = csv.DictReader(StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in reader.fieldnames or []]
+        require(header, f"{path}: the CSV file has no header row")
+        for i, name in enumerate(header):
+            if name and name in header[:i]:
+                raise ConfigError(f"{path}: the header names column {name!r} twice (columns "
+                                  f"{header.index(name) + 1} and {i + 1}); every column name must be unique")
+        reader.fieldnames = header
+        rows = []
+        for record in reader:
+            extra = [value for value in record.pop(None, None) or [] if value.strip()]
+            require(not extra, f"{path}: row {reader.line_num} has {len(header) + len(extra)} fields; the header "
+                               f"names {len(header)} columns")
+            rows.append((f"row {reader.line_num}", record))
+    except csv.Error as e:
+        raise ConfigError(f"{path}: not a readable CSV file (line {reader.line_num}: {e})") from None
     return header, rows
 
 
@@ -161,7 +189,77 @@ def _choose_columns(header: list[str], source: str, n_col, d_col, c_col, loss_co
     require(len(names) >= 2,
             f"{source} names only {', '.join(f'{q} ({c})' for q, c in names.items()) or 'none'} of N, D, C; give two "
             f"of --n-col, --d-col, --c-col (the third follows from C = 6 N D; columns: {available})")
-    return {"loss": loss_name, **names}
+    chosen = {"loss": loss_name, **names}
+    given = {"loss": loss_col, "N": n_col, "D": d_col, "C": c_col}
+    seen: dict[str, str] = {}
+    for quantity, name in chosen.items():
+        role = (f"--{quantity.lower()}-col" if given[quantity] is not None else f"the default {quantity} column")
+        require(name not in seen, f"{seen.get(name)} and {role} both name column {name!r} of {source}; the loss, N, "
+                                  "D and C each need a column of their own")
+        seen[name] = role
+    return chosen
+
+
+def _ratio_bounds(record: dict[str, Any], n_params: float) -> tuple[float, float]:
+    """The C / (6 N D) a consistent run can have: ``C_RATIO_RANGE``, widened by a results record's model config
+    (its output head and attention overhead; MoE and growth runs lower); see the module docstring."""
+    lo, hi = C_RATIO_RANGE
+    config = record.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict):
+        return lo, hi
+    try:
+        d_model, vocab, layers, seq = (int(model[k]) for k in ("d_model", "vocab_size", "n_layer", "seq_len"))
+        heads = int(model.get("n_head") or 1)
+        d_attn = int(model.get("head_dim") or d_model // heads) * heads
+        experts, top_k = int(model.get("n_expert") or 0), int(model.get("moe_top_k") or 1)
+        overhead = 1.0 + (d_model * vocab + layers * seq * d_attn) / n_params
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        return lo, hi
+    if model.get("share", "none") != "none":  # a shared block is counted once in N, once per use in C
+        overhead *= max(layers, 1)
+    if experts > 0:  # N counts every expert, C the ones a token goes through
+        lo *= min(1.0, max(top_k, 1) / experts)
+    if record.get("plan") not in (None, "scratch"):  # growth: its small stages cost less per token
+        lo /= 5.0
+    return lo, max(hi, 1.5 * overhead)
+
+
+def _ratio_text(log_ratio: float) -> str:
+    return f"{math.exp(log_ratio):.3g}" if abs(log_ratio) < 700 else f"1e{log_ratio / math.log(10):+.0f}"
+
+
+def _log_ratio(values: dict[str, float]) -> float:
+    """log(C / (6 N D)), without overflowing."""
+    return math.log(values["C"]) - math.log(6.0) - math.log(values["N"]) - math.log(values["D"])
+
+
+def _flops_problem(label: str, record: dict[str, Any], values: dict[str, float], c_name: str) -> str | None:
+    """Why this run's C disagrees with 6 N D (a sentence naming the run and the ratio), or None."""
+    log_ratio = _log_ratio(values)
+    lo, hi = _ratio_bounds(record, values["N"])
+    if math.log(lo) <= log_ratio <= math.log(hi):
+        return None
+    return (f"{label}: C/(6ND) = {_ratio_text(log_ratio)} ({c_name}={values['C']:.4g}, N={values['N']:.4g}, "
+            f"D={values['D']:.4g}); a compute column counts 6 FLOPs per parameter and token plus attention and the "
+            f"output head, so C/(6ND) should lie in [{lo:.3g}, {hi:.3g}]: check the columns, or give only two of "
+            "--n-col, --d-col, --c-col and the third is derived")
+
+
+def _check_same_model(arrays: dict[str, np.ndarray], labels: list[str], c_name: str, source: str) -> None:
+    """Runs of one N (one model) cost the same FLOPs per token at any D: their C / (6 N D) must agree."""
+    ratios = np.exp(np.log(arrays["C"]) - np.log(6.0) - np.log(arrays["N"]) - np.log(arrays["D"]))
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(arrays["N"]):
+        groups.setdefault(f"{n:.6g}", []).append(i)
+    for members in groups.values():
+        low = min(members, key=lambda i: ratios[i])
+        high = max(members, key=lambda i: ratios[i])
+        require(ratios[high] <= SAME_MODEL_SPREAD * ratios[low],
+                f"{source}: {labels[low]} and {labels[high]} have the same N ({arrays['N'][low]:.4g}) but C/(6ND) = "
+                f"{ratios[low]:.3g} and {ratios[high]:.3g}; one model costs the same FLOPs per token at any D, so "
+                f"{c_name!r} does not count their compute (check the columns, or give only two of --n-col, --d-col, "
+                "--c-col and the third is derived)")
 
 
 def _apply_filters(rows, header: list[str], where: tuple[str, ...], source: str):
@@ -203,19 +301,27 @@ def data_from_records(
 
     values: dict[str, list[float]] = {q: [] for q, _ in wanted}
     labels, dropped = [], []
-    for label, record in rows:
+    for place, record in rows:
+        label = place
         run_id = record.get("run_id")
         if isinstance(run_id, str) and run_id:
             label = run_id
+        where = place if label == place else f"{place} ({label})"
         parsed = {}
         problem = None
         for quantity, name in wanted:
             raw = record.get(name)
             value = _number(raw)
             if not (math.isfinite(value) and value > 0):
-                problem = f"{label}: {name}={raw!r} is not a positive finite number"
+                problem = f"{where}: {name}={raw!r} is not a positive finite number"
+                break
+            low, high = RANGES.get(quantity, RANGES["count"])
+            if not low <= value <= high:
+                problem = f"{where}: {name}={raw!r} is out of range for {quantity} (allowed: {low:g} to {high:g})"
                 break
             parsed[quantity] = value
+        if problem is None and len(parsed) == 4:  # N, D and C all from columns: C must agree with 6 N D
+            problem = _flops_problem(where, record, parsed, columns["C"])
         if problem:
             if not drop_invalid:
                 raise ConfigError(f"{source}: {problem} (pass --drop-invalid to leave such runs out)")
@@ -226,6 +332,8 @@ def data_from_records(
             values[quantity].append(value)
 
     arrays = {q: np.array(v) for q, v in values.items()}
+    if len(wanted) == 4:
+        _check_same_model(arrays, labels, columns["C"], source)
     if drop_highest:
         require(drop_highest <= len(labels) - min_points,
                 f"--drop-highest {drop_highest} would leave {len(labels) - drop_highest} runs; the fit needs at "
@@ -251,6 +359,13 @@ def data_from_records(
     if "C" not in arrays:
         arrays["C"] = 6.0 * arrays["N"] * arrays["D"]
         used["C"] = "6 N D"
+    low, high = RANGES["count"]
+    for quantity in ("N", "D", "C"):
+        bad = np.flatnonzero(~((arrays[quantity] >= low) & (arrays[quantity] <= high)))
+        if bad.size:
+            value = arrays[quantity][bad[0]]
+            raise ConfigError(f"{source}: {labels[bad[0]]}: {quantity} = {used[quantity]} = {value:g} is out of range "
+                              f"(allowed: {low:g} to {high:g})")
     n_params, tokens, flops, loss = arrays["N"], arrays["D"], arrays["C"], arrays["loss"]
     for quantity, array in (("N", n_params), ("D", tokens)):
         distinct = np.unique(array).size

@@ -45,6 +45,7 @@ from transformer_grow.io import (
     atomic_write_json,
     holds_run_lock,
     json_text,
+    process_alive,
     safetensors_bytes,
 )
 from transformer_grow.model import GPT, ModelConfig
@@ -116,18 +117,8 @@ def _remove_stale_temps(path: Path) -> None:
     locked = holds_run_lock(path.parent)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         pid = stale.name[len(f".{path.name}.tmp-"):].split("-")[0]
-        if locked or (pid.isdigit() and not _process_alive(int(pid))):
+        if locked or (pid.isdigit() and not process_alive(int(pid))):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        return True
-    return True
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:

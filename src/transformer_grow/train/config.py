@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformer_grow.errors import ConfigError, choice, require
@@ -25,11 +26,21 @@ OBJECTIVES = ("auto", "clm", "mlm")  # see transformer_grow.train.mlm
 # per batch) is refused here rather than in an allocation, and that counts stay within int64.
 MAX_COUNTS = {"batch_size": 1 << 24, "grad_accum": 1 << 24, "eval_windows": 1 << 20, "eval_batch_size": 1 << 24,
               "max_steps": 10**12, "max_tokens": 10**18, "warmup_steps": 10**12, "eval_interval": 10**12,
-              "log_interval": 10**12, "ckpt_interval": 10**12, "seed": 2**63 - 1}
+              "log_interval": 10**12, "ckpt_interval": 10**12, "seed": 2**63 - 1, "stall_steps": 10**6,
+              "keep_checkpoints": 10**6}
 
 
 MAX_LR = 1e6  # also of weight_decay: far above any that trains; 1e30 is a typo
 MAX_GRAD_CLIP = 1e12
+MAX_HEALTH_RATIO = 1e12  # of spike_ratio and max_weight_growth: 1e30 is a typo, not a threshold
+
+# Settings that only watch a run (divergence thresholds, how many checkpoints to keep): they never change a
+# trajectory, so they are no part of a run's identity and may change on any resume.
+OBSERVATION_FIELDS = ("spike_ratio", "stall_steps", "max_weight_growth", "keep_checkpoints")
+# Settings added after runs were recorded: to_dict() leaves them out at their defaults, so that the
+# config files, checkpoints and fingerprints (growth runs, comparisons, grids) of earlier runs stay valid.
+LATER_FIELDS = (*OBSERVATION_FIELDS, "skip_batches")
+_SKIP_RANGE = re.compile(r"^([0-9]+):([0-9]+)$")
 
 
 def _is_int(value: Any) -> bool:
@@ -95,6 +106,18 @@ class TrainConfig:
         mask_token_id: ``mlm``: the ``[MASK]`` input id; default the model's last id, which must then lie
             outside the data's vocabulary.
         mlm_probability: ``mlm``: share of positions chosen for prediction (80% masked, 10% random, 10% kept).
+        spike_ratio: stop as diverged when a step's loss exceeds this multiple of the median loss of the
+            recent steps (and lies at least 1 nat above it); 0: off.
+        stall_steps: stop as diverged when the loss sits at the uniform value ln(vocab_size) (to 1e-5) for
+            this many steps in a row: the output no longer depends on the input; 0: off.
+        max_weight_growth: stop as diverged when the global weight norm exceeds this multiple of its value
+            at the start of the run (or after growth); 0: off.
+        keep_checkpoints: checkpoints kept in the run directory's ``checkpoints/`` (besides the initial
+            one at step 0), each with its loss and health, to resume from after a divergence; 0: only the
+            latest in ``checkpoint/``.
+        skip_batches: data batches never trained on, as ranges ``A:B`` of batch numbers (the step numbers
+            of a run without skips), e.g. ``17:20`` after a loss spike there; later steps take the next
+            batches.
     """
 
     # Budget and batch.
@@ -128,9 +151,15 @@ class TrainConfig:
     objective: str = "auto"
     mask_token_id: int | None = None
     mlm_probability: float = 0.15
+    # Divergence: observation only (thresholds), the checkpoints to recover from, batches to skip.
+    spike_ratio: float = 3.0
+    stall_steps: int = 5
+    max_weight_growth: float = 100.0
+    keep_checkpoints: int = 3
+    skip_batches: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.validate()
+        self.validate(budget=False)  # a config may leave the budget to its user (GrowthManager's budget=)
 
     @property
     def micro_batch_size(self) -> int:
@@ -146,12 +175,13 @@ class TrainConfig:
             steps.append(math.ceil(self.max_tokens / (self.batch_size * seq_len)))
         return min(steps)
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid setting."""
+    def validate(self, budget: bool = True) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting; with ``budget``, also when neither
+        ``max_steps`` nor ``max_tokens`` is set (what a :class:`Trainer` needs; a construction does not ask)."""
         for name in ("batch_size", "grad_accum", "eval_windows", "log_interval"):
             value = getattr(self, name)
             require(_is_int(value) and value >= 1, f"{name}={value!r} is not allowed; it must be an integer >= 1")
-        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "seed"):
+        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "seed", "stall_steps", "keep_checkpoints"):
             value = getattr(self, name)
             require(_is_int(value) and value >= 0, f"{name}={value!r} is not allowed; it must be an integer >= 0")
         for name, most in MAX_COUNTS.items():
@@ -161,7 +191,7 @@ class TrainConfig:
         require(self.batch_size % self.grad_accum == 0,
                 f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}; "
                 "choose grad_accum dividing batch_size")
-        require(self.max_steps is not None or self.max_tokens is not None,
+        require(not budget or self.max_steps is not None or self.max_tokens is not None,
                 "no training budget: set max_steps (--max-steps) and/or max_tokens (--max-tokens)")
         for name in ("max_steps", "max_tokens"):
             value = getattr(self, name)
@@ -192,12 +222,47 @@ class TrainConfig:
                 f"mask_token_id={self.mask_token_id!r} is not allowed; it must be a token id >= 0 (or unset)")
         require(_is_number(self.mlm_probability) and 0 < self.mlm_probability < 1,
                 f"mlm_probability={self.mlm_probability!r} is not allowed; it must lie in (0, 1)")
+        for name in ("spike_ratio", "max_weight_growth"):
+            value = getattr(self, name)
+            require(_is_number(value) and 0 <= value <= MAX_HEALTH_RATIO,
+                    f"{name}={value!r} is not allowed; it must be a number from 0 (off) to {MAX_HEALTH_RATIO:g}")
+        require(self.spike_ratio == 0 or self.spike_ratio > 1,
+                f"spike_ratio={self.spike_ratio!r} is not allowed; it must be above 1 (or 0: off)")
+        require(self.max_weight_growth == 0 or self.max_weight_growth > 1,
+                f"max_weight_growth={self.max_weight_growth!r} is not allowed; it must be above 1 (or 0: off)")
+        self.skip_ranges()  # refuses a malformed or overlapping range
         for name in ("compile", "tensorboard"):
             value = getattr(self, name)
             require(isinstance(value, bool), f"{name}={value!r} is not allowed; it must be true or false")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("tensorboard=True needs the 'tensorboard' package, which is not installed; "
                               "run: pip install tensorboard (or leave TensorBoard off)")
+
+    def skip_ranges(self) -> list[tuple[int, int]]:
+        """``skip_batches`` as sorted ``(first, last)`` batch numbers (1-based, inclusive)."""
+        require(isinstance(self.skip_batches, list),
+                f"skip_batches={self.skip_batches!r} is not allowed; it must be a list of ranges A:B")
+        ranges = []
+        for item in self.skip_batches:
+            match = _SKIP_RANGE.match(item) if isinstance(item, str) else None
+            first, last = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+            require(match is not None and 1 <= first <= last <= MAX_COUNTS["max_steps"],
+                    f"skip_batches entry {item!r} is not allowed; it must be a range A:B of batch numbers with "
+                    f"1 <= A <= B <= {MAX_COUNTS['max_steps']:,} (e.g. 17:20)")
+            ranges.append((first, last))
+        ranges.sort()
+        for (a, b), (c, d) in zip(ranges, ranges[1:]):
+            require(c > b, f"skip_batches ranges {a}:{b} and {c}:{d} overlap; give each batch once")
+        return ranges
+
+    def batch_index(self, step: int) -> int:
+        """The data batch (0-based, as ``data.batch`` takes it) of 0-based step ``step``: ``step`` itself,
+        moved past every ``skip_batches`` range it reaches."""
+        index = step
+        for first, last in self.skip_ranges():
+            if index + 1 >= first:
+                index += last - first + 1
+        return index
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes`` applied."""
@@ -208,7 +273,12 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for f in dataclasses.fields(TrainConfig):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if f.name in LATER_FIELDS and d[f.name] == default:
+                del d[f.name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

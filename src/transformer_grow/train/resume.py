@@ -26,7 +26,9 @@ from transformer_grow.train.checkpoint import (
     resolve_checkpoint_dir,
 )
 from transformer_grow.train.config import TrainConfig
+from transformer_grow.train.health import tensors_finite
 from transformer_grow.train.metrics import METRICS_FILENAME, truncate_metrics
+from transformer_grow.train.ring import is_ring_entry, rewind, run_dir_of
 from transformer_grow.train.schedule import Rewarmup
 
 if TYPE_CHECKING:  # annotations only: at run time the trainer imports this module, not the reverse
@@ -53,6 +55,11 @@ def trainer_checkpoint(trainer: Trainer) -> Checkpoint | None:
         # the steps since the last metrics record, so the first record after a resume averages the
         # same steps as the uninterrupted run's
         "log_window": dict(trainer._window),
+        "eval_seconds": trainer.eval_seconds, "checkpoint_seconds": trainer.checkpoint_seconds,
+        # the divergence monitor's state, and what a recovery reads: the loss trend, the rate of the next step
+        "health": {**trainer.monitor.state_dict(), "trend": trainer.monitor.trend(), "next_lr": trainer.lr,
+                   "finite": tensors_finite(model_state) is None and all(
+                       tensors_finite(entry) is None for entry in (optimizer_state or {}).values())},
     }
     return Checkpoint(model_config=trainer.model.config, block_keys=trainer.model.block_keys,
                       model_state=model_state, optimizer_state=optimizer_state, train_state=train_state,
@@ -74,13 +81,19 @@ def resume_from_checkpoint(cls: type[Trainer], path: str | os.PathLike, data: An
         raise ConfigError(f"checkpoint {str(ckpt_dir)!r} was trained on data with fingerprint {fingerprint}, "
                           f"but the data given has fingerprint {data.fingerprint}; resume with the same "
                           "corpus, tokenizer and vocabulary settings")
+    saved_config = TrainConfig.from_dict(state["train_config"])
     if train_config is None:
-        train_config = TrainConfig.from_dict(state["train_config"])
+        train_config = saved_config
+    check_skip_change(train_config, saved_config, int(state["step"]))
     if data_config is None and state.get("data_config"):
         data_config = DataConfig(**state["data_config"])
-    if out_dir is None and ckpt_dir.name in (CHECKPOINT_DIRNAME, f".{CHECKPOINT_DIRNAME}.old"):
-        out_dir = ckpt_dir.parent
+    if out_dir is None:  # a run's own checkpoint (the latest or a ring entry) continues in that run
+        out_dir = run_dir_of(ckpt_dir)
+    rewound = (out_dir is not None and is_ring_entry(ckpt_dir)
+               and run_dir_of(ckpt_dir).resolve() == Path(out_dir).resolve())
     if out_dir is not None and parallel.is_main:
+        if rewound:  # the steps after the entry are abandoned (e.g. they diverged): see train/ring.py
+            rewind(ckpt_dir)
         truncate_metrics(Path(out_dir) / METRICS_FILENAME, int(state["step"]))
     trainer = cls(None, train_config, data, out_dir=out_dir, model=model_from_checkpoint(ckpt),
                   data_config=data_config, progress=progress, parallel=parallel)
@@ -92,7 +105,7 @@ def resume_from_checkpoint(cls: type[Trainer], path: str | os.PathLike, data: An
     trainer.lr_multipliers = ckpt.lr_multipliers
     trainer.last_train_loss, trainer.last_val_loss = state.get("last_train_loss"), state.get("last_val_loss")
     trainer._driver_state = dict(state.get("extra") or {})
-    if out_dir is not None and Path(out_dir) / CHECKPOINT_DIRNAME == ckpt_dir:
+    if out_dir is not None and (Path(out_dir) / CHECKPOINT_DIRNAME == ckpt_dir or rewound):
         trainer._saved_at = trainer.step
     if state.get("evaluated_at") == trainer.step:
         trainer._evaluated_at = trainer.step
@@ -100,5 +113,23 @@ def resume_from_checkpoint(cls: type[Trainer], path: str | os.PathLike, data: An
     window = state.get("log_window")
     if isinstance(window, dict) and set(window) == set(trainer._window):
         trainer._window = {k: (float(v) if k in ("loss", "seconds", "lr") else int(v)) for k, v in window.items()}
+    trainer.eval_seconds = float(state.get("eval_seconds", 0.0))
+    trainer.checkpoint_seconds = float(state.get("checkpoint_seconds", 0.0))
+    trainer.monitor.load_state_dict(state.get("health"))
+    trainer._fresh = False
     restore_rng_state(state.get("rng"))
     return trainer
+
+
+def check_skip_change(config: TrainConfig, saved: TrainConfig, step: int) -> None:
+    """Refuse ``config.skip_batches`` unless the ranges it adds to (or drops from) ``saved``'s, a checkpoint's
+    of ``step`` steps, all come after the batches those steps trained on."""
+    trained = saved.batch_index(step - 1) + 1 if step > 0 else 0  # batch number of the checkpoint's last step
+    for first, last in sorted(set(config.skip_ranges()) - set(saved.skip_ranges())):
+        if first <= trained:
+            raise ConfigError(f"skip_batches range {first}:{last} is not allowed: the checkpoint (step {step}) has "
+                              f"trained on the batches up to {trained}; skip batches after {trained}")
+    for first, last in sorted(set(saved.skip_ranges()) - set(config.skip_ranges())):
+        if first <= trained:
+            raise ConfigError(f"skip_batches range {first}:{last} of the checkpoint cannot be dropped: its batches "
+                              f"were skipped before step {step}; keep it")

@@ -8,7 +8,9 @@ Exact resume: batches are a pure function of ``(seed, step)`` (``data.batch``), 
 pure function of the step (:mod:`~transformer_grow.train.schedule`), and checkpoints hold the model,
 the AdamW state and torch's RNG states, so a resumed run reproduces the uninterrupted one
 (:mod:`~transformer_grow.train.resume` writes and restores that state; :mod:`~transformer_grow.train.outcome`
-holds :class:`TrainSummary` and :class:`TrainingDiverged`, re-exported here).
+holds :class:`TrainSummary` and :class:`TrainingDiverged`, re-exported here). Around the steps
+(:mod:`~transformer_grow.train.lifecycle`): checkpoints and the ring of them a run keeps, a clean stop on
+SIGTERM/SIGINT, and after a divergence (:mod:`~transformer_grow.train.health`) the checkpoint to resume.
 
 Growth: :meth:`Trainer.unwrap` hands out the plain model and its AdamW state by name, and
 :meth:`Trainer.replace_model` swaps in a grown model with optimizer state mapped by parameter name
@@ -40,18 +42,21 @@ from transformer_grow.distributed.parallel import Parallel
 from transformer_grow.errors import require
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.optim_state import StateByName
-from transformer_grow.train.checkpoint import CHECKPOINT_DIRNAME, Checkpoint, save_checkpoint
+from transformer_grow.train.checkpoint import CHECKPOINT_DIRNAME
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.evaluate import evaluate_windows
+from transformer_grow.train.health import DivergenceMonitor, weight_norm
+from transformer_grow.train.lifecycle import RunLifecycle
 from transformer_grow.train.metrics import MetricsLog, ProgressBar
 from transformer_grow.train.mlm import MaskedLM, evaluate_masked, masked_lm_for
 from transformer_grow.train.optim import LRMultipliers, adamw_step, build_optimizer
-from transformer_grow.train.outcome import TrainingDiverged, TrainSummary
-from transformer_grow.train.resume import resume_from_checkpoint, trainer_checkpoint
+from transformer_grow.train.outcome import TrainingDiverged, TrainingInterrupted, TrainSummary
 from transformer_grow.train.schedule import LRSchedule, Rewarmup, lr_at
 
+__all__ = ["Trainer", "TrainSummary", "TrainingDiverged", "TrainingInterrupted"]  # the outcomes, re-exported
 
-class Trainer:
+
+class Trainer(RunLifecycle):
     """Trains a :class:`GPT` on :class:`~transformer_grow.data.TokenData` under a :class:`TrainConfig`.
 
     Args:
@@ -89,6 +94,8 @@ class Trainer:
         self.tokens = 0
         self.flops = 0
         self.wall_seconds = 0.0
+        self.eval_seconds = 0.0  # evaluation and checkpoint writes: not training time, but the run's time
+        self.checkpoint_seconds = 0.0
         self.rewarmup: Rewarmup | None = None
         self.lr_multipliers: LRMultipliers | None = None  # set by replace_model after dynamics-preserving growth
         self.last_train_loss: float | None = None
@@ -96,6 +103,10 @@ class Trainer:
         self._driver_state: dict[str, Any] = {}  # JSON-able state of drivers (e.g. a growth plan), checkpointed
         self.schedule = LRSchedule.from_config(train_config, train_config.total_steps(model.config.seq_len))
         self._install_model(model)
+        # Watches for divergence (observation only); resume restores its state from the checkpoint.
+        self.monitor = DivergenceMonitor(model.config.vocab_size)
+        self._restart_monitor()
+        self._fresh = True  # a new run (not resumed): its initial state goes into the checkpoint ring
         # Only the main process writes metrics files and a progress bar; every process keeps the records.
         main = self.parallel.is_main
         self._metrics = MetricsLog(self.out_dir if main else None, tensorboard=train_config.tensorboard and main)
@@ -180,6 +191,11 @@ class Trainer:
         # Per-element multipliers on AdamW's direction (grow.dynamics.lr_multipliers), relaxed to 1 per
         # ``relax`` ("never", "immediate", "window:N"); checkpointed and restored on resume.
         self.lr_multipliers = LRMultipliers(lr_multipliers, relax) if lr_multipliers else None
+        self._restart_monitor()  # the grown model's loss and weights are its own
+
+    def _restart_monitor(self) -> None:
+        ref = weight_norm(self.model) if self.config.max_weight_growth > 0 else None
+        self.monitor.restart(self.model.config.vocab_size, ref)
 
     def unwrap(self) -> tuple[GPT, StateByName]:
         """The plain full model and its AdamW state by name (every rank), e.g. to grow them.
@@ -237,7 +253,8 @@ class Trainer:
         (e.g. training a LiGO growth operator, growth/ligo_phase.py). The data position (``step``)
         advances, so training goes on with the batch after it and a resumed run reads the same
         batches; count the work's cost with :meth:`add_spent`. ``batch_size``: global, default the run's."""
-        x, y = self.data.batch(self.step, batch_size or self.config.batch_size, self.seq_len, self.config.seed)
+        x, y = self.data.batch(self.config.batch_index(self.step), batch_size or self.config.batch_size, self.seq_len,
+                               self.config.seed)
         self.step += 1
         return x, y
 
@@ -286,12 +303,6 @@ class Trainer:
         ce, objective = self.parallel.mean_over_ranks([float(ce_total) / accum, float(objective_total) / accum])
         return ce, objective
 
-    def _diverged(self, what: str, value: float, step_number: int) -> TrainingDiverged:
-        self.optimizer.zero_grad(set_to_none=True)
-        return TrainingDiverged(f"non-finite {what} {value} at step {step_number} (lr {self.lr:.3g}); no update "
-                                "was applied: lower the learning rate or enable gradient clipping, and resume "
-                                "from the last checkpoint")
-
     def _optimizer_step(self) -> float:
         """One optimizer step on the current step's batch; returns its cross-entropy."""
         cfg, it = self.config, self.step
@@ -299,9 +310,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         start = time.perf_counter()
-        x, y = self.data.batch(it, cfg.batch_size, self.seq_len, cfg.seed)
+        index = cfg.batch_index(it)  # it itself, unless batches are skipped (skip_batches)
+        x, y = self.data.batch(index, cfg.batch_size, self.seq_len, cfg.seed)
         if self.objective is not None:  # masked LM: corrupt x, predict the chosen tokens (y is not used)
-            x, y = self.objective.train_batch(x, it, cfg.seed, self.parallel.rank)  # one mask stream per rank
+            x, y = self.objective.train_batch(x, index, cfg.seed, self.parallel.rank)  # one mask stream per rank
         ce, objective = self.forward_backward(x, y)
         if not math.isfinite(objective):
             raise self._diverged("loss", objective, it + 1)
@@ -309,6 +321,9 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if not math.isfinite(grad_norm):
             raise self._diverged("gradient norm", grad_norm, it + 1)
+        divergence = self.monitor.check_loss(ce, it + 1, cfg)  # a spike or stall: refused before the update
+        if divergence is not None:
+            raise self._divergence(divergence, lr)
         adamw_step(self.optimizer, self.model, self.lr_multipliers)
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
@@ -323,6 +338,10 @@ class Trainer:
         self._window["tokens"] += n_tokens
         self._window["seconds"] += elapsed
         self._window["lr"] = lr
+        if cfg.max_weight_growth > 0:  # after the update: an exploding step shows in the weights
+            divergence = self.monitor.check_weights(weight_norm(self.model), self.step, cfg)
+            if divergence is not None:
+                raise self._divergence(divergence, lr)
         return ce
 
     def _step_flops_per_token(self) -> int | float:
@@ -361,12 +380,17 @@ class Trainer:
     def train_steps(self, n: int) -> float | None:
         """Take ``n`` optimizer steps (budget not checked), with interval logging/eval/checkpoints.
 
-        Returns the last step's training cross-entropy. Raises :class:`TrainingDiverged` on a
-        non-finite loss or gradient norm (that step is not applied).
+        Returns the last step's training cross-entropy. Raises :class:`TrainingDiverged` when the run
+        diverges (:mod:`~transformer_grow.train.health`). Returns early when a stop signal arrived
+        (:meth:`stop_requested`): the caller checkpoints and stops.
         """
-        for _ in range(n):
-            self._optimizer_step()
-            self._after_step(final=False)
+        with self._recovering():
+            self._save_initial()
+            for _ in range(n):
+                if self.stop_requested():
+                    break
+                self._optimizer_step()
+                self._after_step(final=False)
         return self.last_train_loss
 
     def fit(self, on_step: Callable[[Trainer], None] | None = None) -> TrainSummary:
@@ -376,12 +400,16 @@ class Trainer:
         checkpoint); it may e.g. :meth:`replace_model` when a growth condition is met.
         """
         try:
-            while not self.done():
-                final = self._next_step_is_last()
-                self._optimizer_step()
-                self._after_step(final=final)
-                if on_step is not None:
-                    on_step(self)
+            with self._recovering():
+                self._save_initial()
+                while not self.done():
+                    if self.stop_requested():
+                        self._stop()
+                    final = self._next_step_is_last()
+                    self._optimizer_step()
+                    self._after_step(final=final)
+                    if on_step is not None:
+                        on_step(self)
             if self._evaluated_at != self.step:
                 self._record(val_loss=self.evaluate())
             if self.out_dir is not None and self._saved_at != self.step:
@@ -395,17 +423,20 @@ class Trainer:
         return TrainSummary(step=self.step, tokens=self.tokens, flops=self.flops, wall_seconds=self.wall_seconds,
                             train_loss=self.last_train_loss, val_loss=self.last_val_loss,
                             tokens_per_s=self.tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0,
-                            checkpoint=None if saved is None else str(saved))
+                            checkpoint=None if saved is None else str(saved), eval_seconds=self.eval_seconds,
+                            checkpoint_seconds=self.checkpoint_seconds)
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self) -> float:
         """Mean validation cross-entropy on the fixed windows (fp32, no grad, eval mode)."""
+        start = time.perf_counter()
         key = (self.seq_len, self.config.eval_windows)
         if key not in self._val_windows:
             self._val_windows[key] = self.data.val_windows(*key)
         batch_size = self.config.eval_batch_size or self.config.micro_batch_size
         self.last_val_loss = self.window_loss(self.model, self._val_windows[key], batch_size, self.device)
         self._evaluated_at = self.step
+        self.eval_seconds += time.perf_counter() - start
         return self.last_val_loss
 
     def window_loss(self, model: GPT, windows: torch.Tensor, batch_size: int, device: torch.device) -> float:
@@ -427,43 +458,3 @@ class Trainer:
         """Close the progress bar and the metrics writers."""
         self._bar.close()
         self._metrics.close()
-
-    # ----------------------------------------------------------- checkpoints
-    def checkpoint(self) -> Checkpoint | None:
-        """A snapshot of the current state as a :class:`Checkpoint` (CPU copies: training on does not change it).
-
-        The full state, in the same format for every ``parallel``; under :class:`DataParallel` every
-        rank must call it (FSDP gathers the shards) and ranks other than 0 get ``None``.
-        """
-        return trainer_checkpoint(self)
-
-    def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write a checkpoint to ``path`` (default ``<out_dir>/checkpoint``) atomically; returns its path.
-
-        Under :class:`DataParallel` every rank calls it (gathering the state), rank 0 writes, and the
-        ranks then meet at a barrier.
-        """
-        if path is None:
-            if self.out_dir is None:
-                raise ValueError("Trainer.save() needs a path when the trainer has no out_dir")
-            path = self.out_dir / CHECKPOINT_DIRNAME
-            self._saved_at = self.step
-        checkpoint = self.checkpoint()
-        if checkpoint is not None:
-            save_checkpoint(path, checkpoint)
-        self.parallel.barrier()
-        return Path(path)
-
-    @classmethod
-    def resume(cls, path: str | os.PathLike, data: Any, train_config: TrainConfig | None = None,
-               out_dir: str | os.PathLike | None = None, data_config: DataConfig | None = None,
-               progress: bool = False, parallel: Parallel | None = None) -> Trainer:
-        """Continue the run checkpointed at ``path`` (a checkpoint or run directory).
-
-        ``train_config`` defaults to the checkpointed one (pass a copy with a larger ``max_steps``
-        to extend the run). ``out_dir`` defaults to the run directory holding the checkpoint; its
-        metrics past the checkpoint's step (written before a crash) are dropped. ``parallel``: as
-        for the constructor (every rank reads the checkpoint; any checkpoint resumes under any).
-        """
-        return resume_from_checkpoint(cls, path, data, train_config=train_config, out_dir=out_dir,
-                                      data_config=data_config, progress=progress, parallel=parallel)
