@@ -8,7 +8,7 @@ Per seed, trains the ``scratch`` baseline of the compare preset once, each varia
 with changed options: growth timing, growth factor, operator, optimizer state carried or fresh, LR
 re-warmup, depth vs width vs compound growth, and ``preserve`` when the plan options have it) and
 the small-only control of each distinct first-stage model (that model trained alone on the
-baseline's FLOPs, :func:`~transformer_grow.growth.builders.small_only_plan`), all on the same data
+baseline's FLOPs, :func:`~transformer_grow.plans.builders.small_only_plan`), all on the same data
 order and budget. It prints the settings and, per variant, the mean and 90% Student t interval over
 seeds of the FLOPs / wall-clock / tokens speedup to reach the baseline's final validation loss, and
 of the loss difference at equal FLOPs against the baseline and against the variant's control
@@ -32,9 +32,9 @@ from transformer_grow.compare.report import loss_at, speedup
 from transformer_grow.compare.run import compare_preset
 from transformer_grow.compare.stats import INTERVAL_METHOD, NO_INTERVAL, fmt, summarize
 from transformer_grow.data import prepare_data
-from transformer_grow.growth.builders import build_plan, small_only_model, small_only_plan
-from transformer_grow.growth.manager import GrowthManager
 from transformer_grow.io import atomic_write_json
+from transformer_grow.plans.builders import build_plan, small_only_model, small_only_plan
+from transformer_grow.run.manager import GrowthManager
 
 # name -> (plan, PlanOptions changes relative to the preset's options)
 VARIANTS: dict[str, tuple[str, dict]] = {

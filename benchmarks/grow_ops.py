@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from transformer_grow import grow as G
+from transformer_grow import operators as G
 from transformer_grow.model import GPT, ModelConfig
 
 CONFIG = {

@@ -33,9 +33,9 @@ import time
 import torch
 import transformers
 
-from transformer_grow.grow import grow
 from transformer_grow.hf import from_hf, grow_hf, to_hf
 from transformer_grow.hf.check import operator_probes
+from transformer_grow.operators import grow
 
 SIZES = {
     "100m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,

@@ -42,11 +42,11 @@ def method_plan(name: str, args) -> tuple[str, dict]:
 
 
 def run_method(name: str, seed: int, data, args) -> dict:
-    from transformer_grow.growth.accounting import flops_per_token
-    from transformer_grow.growth.builders import PlanOptions
-    from transformer_grow.growth.experts import ExpertAdaptation
-    from transformer_grow.growth.manager import GrowthManager
     from transformer_grow.model import preset
+    from transformer_grow.plans.accounting import flops_per_token
+    from transformer_grow.plans.builders import PlanOptions
+    from transformer_grow.plans.experts import ExpertAdaptation
+    from transformer_grow.run.manager import GrowthManager
     from transformer_grow.train import TrainConfig
 
     base = preset("micro", vocab_size=data.vocab_size, n_layer=args.layers, d_model=args.d_model,

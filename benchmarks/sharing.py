@@ -8,8 +8,8 @@ same AdamW settings and batches, validation loss on fixed held-out windows (no t
    shared model.
 2. **Same compute**: the same shared model against the unshared ``N``-layer model (equal FLOPs per
    token, half the parameters), and the growth path: the shared model trained for half the steps,
-   unshared exactly (:mod:`transformer_grow.grow.unshare`), trained for the other half.
-3. **Conversion to 50% of the parameters** (:func:`transformer_grow.grow.share.convert`) of the trained
+   unshared exactly (:mod:`transformer_grow.operators.unshare`), trained for the other half.
+3. **Conversion to 50% of the parameters** (:func:`transformer_grow.operators.share.convert`) of the trained
    ``N``-layer model, with and without LoRA deltas: loss before conversion, right after it, and after
    ``--retrain-steps`` of retraining.
 
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from transformer_grow.grow import grow
-from transformer_grow.grow.share import convert
 from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.operators import grow
+from transformer_grow.operators.share import convert
 
 CORPUS_FILES = ("argparse.py", "textwrap.py", "dataclasses.py", "json/decoder.py", "string.py", "calendar.py")
 SETTINGS = {

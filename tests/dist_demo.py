@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.event import grow_trainer
 from transformer_grow.model import preset
+from transformer_grow.run.event import grow_trainer
 from transformer_grow.train import Trainer
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.distributed import STRATEGIES, distributed_session, main_rank_first, make_trainer

@@ -2,10 +2,10 @@
 
 import pytest
 
-from transformer_grow.growth.accounting import account_plan, flops_per_token, param_counts
-from transformer_grow.growth.budget import BudgetSchedule
-from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, Stage
 from transformer_grow.model import preset
+from transformer_grow.plans.accounting import account_plan, flops_per_token, param_counts
+from transformer_grow.plans.plan import GrowthEvent, GrowthPlan, Stage
+from transformer_grow.run.budget import BudgetSchedule
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.schedule import LRSchedule
 

@@ -16,9 +16,9 @@ from transformer_grow.cli.main import build_parser, main
 from transformer_grow.cli.plan import PLAN_FLAGS, plan_options_from_args
 from transformer_grow.compare.run import CompareConfig
 from transformer_grow.data import DataConfig
-from transformer_grow.growth.builders import PlanOptions
-from transformer_grow.growth.plan import PlateauTrigger
 from transformer_grow.model import PRESETS, ModelConfig
+from transformer_grow.plans.builders import PlanOptions
+from transformer_grow.plans.plan import PlateauTrigger
 from transformer_grow.train.config import TrainConfig
 
 CONFIGS = [(ModelConfig, MODEL_FLAGS), (TrainConfig, TRAIN_FLAGS), (DataConfig, DATA_FLAGS), (PlanOptions, PLAN_FLAGS)]

@@ -14,9 +14,9 @@ from reliability_helpers import assert_refused, tgrow
 from transformer_grow.cli.flags import parse_count as flag_count
 from transformer_grow.counts import count_value, parse_count
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.api import parse_count as api_count
 from transformer_grow.model import GPT, ModelConfig, preset
 from transformer_grow.model.sizing import count_params, is_size, target_for_size
+from transformer_grow.run.api import parse_count as api_count
 from transformer_grow.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -156,7 +156,7 @@ def test_negative_steps_name_the_default_at(tmp_path, capsys):
 
 def test_inline_hf_config_json_naming_a_key_twice_is_refused():
     from transformer_grow.errors import ConfigError
-    from transformer_grow.growth.hf_run import read_hf_config
+    from transformer_grow.run.hf_run import read_hf_config
 
     with pytest.raises(ConfigError, match="'hidden_size' appears twice"):
         read_hf_config('{"model_type": "llama", "hidden_size": 32, "hidden_size": 64}')

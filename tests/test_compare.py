@@ -10,8 +10,8 @@ from transformer_grow.compare.report import EvalPoint, build_report, crossing, l
 from transformer_grow.compare.run import CompareConfig, run_compare
 from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.builders import PlanOptions
 from transformer_grow.model import preset
+from transformer_grow.plans.builders import PlanOptions
 from transformer_grow.train.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # micro models: threads only slow a shared CPU
@@ -129,7 +129,7 @@ def test_killed_compare_resumes_without_rerunning_finished_runs(text_dir, tmp_pa
     stamp = first.stat().st_mtime_ns
     assert not (out / "report.json").exists()
     # the second run is interrupted midway too: it resumes from its checkpoint
-    from transformer_grow.growth.manager import GrowthManager
+    from transformer_grow.run.manager import GrowthManager
 
     manager = GrowthManager(config.target.replace(vocab_size=256), "g_stack", budget_tokens=config.budget_tokens,
                             train_config=config.train, plan_options=config.plan_options, n_evals=config.n_evals,

@@ -6,10 +6,10 @@ from transformer_grow.compare.methods import Method, RunSpec, method_plans
 from transformer_grow.compare.regime import CHINCHILLA_RULE, ComputeOptimalLaw, regime, regime_lines
 from transformer_grow.compare.summary import build_compare_report
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.accounting import account_plan, flops_per_token
-from transformer_grow.growth.builders import PlanOptions, build_plan, small_only_plan
-from transformer_grow.growth.record import EvalPoint, RunRecord
 from transformer_grow.model import preset
+from transformer_grow.plans.accounting import account_plan, flops_per_token
+from transformer_grow.plans.builders import PlanOptions, build_plan, small_only_plan
+from transformer_grow.run.record import EvalPoint, RunRecord
 
 TARGET = preset("tiny", n_layer=8, d_model=128, n_head=2, seq_len=128, vocab_size=256)
 BATCH_TOKENS = 16 * 128

@@ -11,8 +11,8 @@ from transformer_grow.compare.run import CompareConfig, run_compare
 from transformer_grow.compare.stats import NO_INTERVAL, fmt, summarize
 from transformer_grow.data import DataConfig, prepare_data
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.builders import PlanOptions
 from transformer_grow.model import preset
+from transformer_grow.plans.builders import PlanOptions
 from transformer_grow.train.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # micro models: threads only slow a shared CPU

@@ -26,10 +26,10 @@ from transformer_grow.data.tokens import TokenData
 from transformer_grow.distributed.env import RankData, check_batch_split, resolve_dist_device, torchrun_ranks
 from transformer_grow.distributed.guard import ParameterSignature, WrappedModelChanged, ensure_unwrapped
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.event import grow_trainer
 from transformer_grow.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from transformer_grow.model import GPT, preset
 from transformer_grow.model.gpt import Block
+from transformer_grow.run.event import grow_trainer
 from transformer_grow.train import TrainConfig, Trainer, load_checkpoint, read_metrics
 from transformer_grow.train.distributed import distributed_session, make_trainer, resume_trainer
 
@@ -71,7 +71,7 @@ def _train_and_grow(trainer: Trainer, method: str) -> list[float]:
 
 # ----------------------------------------------------------------------------------------- the job
 def _scenario(env, strategy: str, out: Path) -> dict:
-    from transformer_grow.grow import grow
+    from transformer_grow.operators import grow
 
     trainer = make_trainer(_model_config(), _train_config(), _data(), out_dir=out / strategy, strategy=strategy,
                            env=env)
@@ -119,8 +119,8 @@ def _scenario(env, strategy: str, out: Path) -> dict:
 
 def _manager(out_dir: Path | None, strategy: str | None = None, env=None):
     """A g_stack plan (2 -> 4 layers at half the budget, moments carried) run by GrowthManager."""
-    from transformer_grow.growth.builders import PlanOptions
-    from transformer_grow.growth.manager import GrowthManager
+    from transformer_grow.plans.builders import PlanOptions
+    from transformer_grow.run.manager import GrowthManager
 
     return GrowthManager(_model_config().replace(n_layer=4), "g_stack", budget_tokens=MANAGER_BUDGET_TOKENS,
                          train_config=_train_config(), plan_options=PlanOptions(growth_fraction=0.5), n_evals=2,

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from transformer_grow.grow import add_experts, grow_optimizer_state, upcycle
-from transformer_grow.grow.moe import NewExpert, adapt_experts, exact_threshold
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.model.dynmoe import balance_loss, diversity_loss
 from transformer_grow.model.moe import MoE
+from transformer_grow.operators import add_experts, grow_optimizer_state, upcycle
+from transformer_grow.operators.moe import NewExpert, adapt_experts, exact_threshold
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.trainer import Trainer
 

@@ -7,10 +7,11 @@ import torch
 
 from transformer_grow.data import TokenData
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.builders import PlanOptions, build_plan
-from transformer_grow.growth.experts import ExpertAdaptation, ExpertController, window_stats
-from transformer_grow.growth.manager import GrowthManager
 from transformer_grow.model import GPT, preset
+from transformer_grow.plans.builders import PlanOptions, build_plan
+from transformer_grow.plans.experts import ExpertAdaptation
+from transformer_grow.run.experts import ExpertController, window_stats
+from transformer_grow.run.manager import GrowthManager
 from transformer_grow.train.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer_grow import grow as G
+from transformer_grow import operators as G
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow.depth import duplicate_layout, stack_layout
-from transformer_grow.growth.builders import PlanOptions, build_plan, midas_layout
 from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.operators.depth import duplicate_layout, stack_layout
+from transformer_grow.plans.builders import PlanOptions, build_plan, midas_layout
 
 # stacking_6L_24L.json's "stacking_list" (6 -> 24 layers), as published with the paper.
 AUTHORS_6_TO_24 = [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]

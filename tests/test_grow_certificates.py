@@ -11,11 +11,11 @@ import pytest
 import torch
 from grow_fixtures import corpus, probe, single_thread, train, trained  # noqa: F401
 
-from transformer_grow import grow as G
+from transformer_grow import operators as G
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow import build
-from transformer_grow.grow.report import GrowthCertificateError
 from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.operators import build
+from transformer_grow.operators.report import GrowthCertificateError
 
 LONG = 96  # > 64: the length the old default probe stopped at
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from grow_fixtures import DENSE_NAMES, probe, single_thread, trained  # noqa: F401
 
-from transformer_grow import grow as G
+from transformer_grow import operators as G
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow.adapter import GPTAdapter
-from transformer_grow.grow.map import DimMap, ParamSource
-from transformer_grow.grow.noise import noise_pairs
+from transformer_grow.operators.adapter import GPTAdapter
+from transformer_grow.operators.map import DimMap, ParamSource
+from transformer_grow.operators.noise import noise_pairs
 
 DENSE = "rms_swiglu_rope_untied_gqa"
 

@@ -21,11 +21,11 @@ import pytest
 import torch
 from grow_fixtures import single_thread  # noqa: F401
 
-from transformer_grow import grow as G
+from transformer_grow import operators as G
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow.dynamics import dynamics_scales, lr_multipliers
-from transformer_grow.grow.optimizer import grow_optimizer_state, handoff
 from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.operators.dynamics import dynamics_scales, lr_multipliers
+from transformer_grow.operators.optimizer import grow_optimizer_state, handoff
 from transformer_grow.optim_state import decays, load_optimizer_state_by_name, optimizer_state_by_name
 from transformer_grow.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from transformer_grow.train.optim import LRMultipliers, Relax, adamw_step

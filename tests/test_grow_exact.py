@@ -8,7 +8,7 @@ import pytest
 import torch
 from grow_fixtures import DENSE_NAMES, LEARNED_NAMES, RMS_NAMES, probe, single_thread, trained  # noqa: F401
 
-from transformer_grow import grow as G
+from transformer_grow import operators as G
 
 TOL = 1e-4
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from grow_fixtures import batch, single_thread, trained  # noqa: F401
 
-from transformer_grow import grow as G
+from transformer_grow import operators as G
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow.adapter import GPTAdapter
+from transformer_grow.operators.adapter import GPTAdapter
 
 DENSE = "rms_swiglu_rope_untied_gqa"
 LEARNED = "ln_gelu_learned_tied_bias"

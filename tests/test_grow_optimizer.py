@@ -5,7 +5,7 @@ import torch
 from grow_fixtures import batch, single_thread, trained  # noqa: F401
 from test_grow_ops import DENSE, OPERATORS
 
-from transformer_grow import grow as G
+from transformer_grow import operators as G
 
 MOE_OPERATORS = {
     "insert_zero": OPERATORS["insert_zero"],

@@ -7,9 +7,9 @@ import torch
 
 from transformer_grow.data import TokenData
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.builders import PlanOptions, build_plan
-from transformer_grow.growth.manager import GrowthManager
 from transformer_grow.model import preset
+from transformer_grow.plans.builders import PlanOptions, build_plan
+from transformer_grow.run.manager import GrowthManager
 from transformer_grow.train.config import TrainConfig
 
 TARGET = preset("micro", vocab_size=64, n_layer=2, seq_len=16, d_model=32, n_head=2)

@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader
 
 from transformer_grow.cli.main import main
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow import grow
-from transformer_grow.grow.report import EXACT_TOL
 from transformer_grow.hf import FamilyInfo, from_hf, grow_hf, hf_logits, save_grown, to_hf
 from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.operators import grow
+from transformer_grow.operators.report import EXACT_TOL
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.mlm import MaskedLM, evaluate_masked, masked_lm_for
 
-pytestmark = pytest.mark.filterwarnings("ignore::transformer_grow.growth.timing.GrowthTimingWarning")  # tiny budgets
+pytestmark = pytest.mark.filterwarnings("ignore::transformer_grow.plans.timing.GrowthTimingWarning")  # tiny budgets
 
 VOCAB, SEQ, TOL = 96, 16, 1e-5
 BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,

@@ -13,11 +13,11 @@ from test_hf_convert import FAMILIES, SEQ, VOCAB, tokens, trained_hf
 
 from transformer_grow.cli.main import main
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow.report import EXACT_TOL, GrowthCertificateError
 from transformer_grow.hf import from_hf, grow_hf, hf_logits, save_grown, target_for_size, to_hf
 from transformer_grow.hf.check import check_operators
 from transformer_grow.model import GPT
 from transformer_grow.model.sizing import count_params, parse_size
+from transformer_grow.operators.report import EXACT_TOL, GrowthCertificateError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 

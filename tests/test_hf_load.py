@@ -19,9 +19,9 @@ from test_hf_convert import CONFIGS, trained_hf
 
 import transformer_grow.hf.load as hf_load
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow.report import GrowthCertificateError, GrowthReport, certify
 from transformer_grow.hf import from_hf, grow_hf, inspect_hf, load_hf, to_hf
 from transformer_grow.hf.check import check_operators
+from transformer_grow.operators.report import GrowthCertificateError, GrowthReport, certify
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 WEIGHTS = "model.safetensors"

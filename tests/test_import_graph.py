@@ -22,19 +22,20 @@ LAYERS = {
     "errors": 0, "io": 0, "device": 0, "optim_state": 0, "counts": 0,
     "model": 1, "data": 1, "scaling": 1,
     "distributed": 2,
-    "grow": 3,
+    "operators": 3,
     "hf": 4,
     "train": 5,
-    "growth": 6,
-    "compare": 7, "lab": 7,
-    "ladder": 8,
-    "cli": 9,
+    "plans": 6,
+    "run": 7,
+    "compare": 8, "lab": 8,
+    "ladder": 9,
+    "cli": 10,
 }
 PACKAGE_INIT = "__init__"  # the top-level package: lazy re-exports only, checked separately
 
 
 def _unit(module: str) -> str:
-    """``transformer_grow.grow.width`` -> ``grow``; ``transformer_grow`` -> ``__init__``."""
+    """``transformer_grow.operators.width`` -> ``grow``; ``transformer_grow`` -> ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else PACKAGE_INIT
 
@@ -55,7 +56,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.startswith("transformer_grow")]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "transformer_grow":  # from transformer_grow import grow
+            if node.module == "transformer_grow":  # from transformer_grow import operators
                 found += [(node.lineno, f"transformer_grow.{a.name}") for a in node.names]
             elif node.module.startswith("transformer_grow."):
                 found.append((node.lineno, node.module))
@@ -107,10 +108,11 @@ def test_import_graph_check_catches_an_upward_import(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("module, forbidden", [
-    ("transformer_grow.grow", ["scipy", "tokenizers", "transformer_grow.train", "transformer_grow.growth",
-                               "transformer_grow.data", "matplotlib"]),
-    ("transformer_grow.model", ["scipy", "tokenizers", "transformer_grow.grow", "transformer_grow.train"]),
-    ("transformer_grow.train", ["scipy", "transformer_grow.growth", "transformer_grow.compare", "matplotlib"]),
+    ("transformer_grow.operators", ["scipy", "tokenizers", "transformer_grow.train", "transformer_grow.plans",
+                                    "transformer_grow.run", "transformer_grow.data", "matplotlib"]),
+    ("transformer_grow.model", ["scipy", "tokenizers", "transformer_grow.operators", "transformer_grow.train"]),
+    ("transformer_grow.train", ["scipy", "transformer_grow.plans", "transformer_grow.run", "transformer_grow.compare",
+                                "matplotlib"]),
     ("transformer_grow.scaling", ["torch", "transformer_grow.train"]),
 ])
 def test_importing_a_layer_loads_nothing_above_it(module, forbidden):

@@ -17,7 +17,7 @@ from transformer_grow.ladder.config import LadderConfig, tokens_for
 from transformer_grow.ladder.run import GRID_RESULTS, fit_law, run_ladder, rung_target
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              pytest.mark.filterwarnings("ignore::transformer_grow.growth.timing.GrowthTimingWarning")]
+              pytest.mark.filterwarnings("ignore::transformer_grow.plans.timing.GrowthTimingWarning")]
 
 
 def test_batch_grows_with_compute_and_shapes_keep_rope_pairs():

@@ -1,4 +1,4 @@
-"""LiGO, the learned growth operator (grow/ligo.py): its initial value is the fixed operator, its
+"""LiGO, the learned growth operator (operators/ligo.py): its initial value is the fixed operator, its
 gradients flow, its FLOPs are counted by hand and by torch's FLOP counter, and it refuses what it
 cannot express."""
 
@@ -7,9 +7,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow import grow
-from transformer_grow.grow.ligo import LiGO, ligo, ligo_layout, operator_step
 from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.operators import grow
+from transformer_grow.operators.ligo import LiGO, ligo, ligo_layout, operator_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

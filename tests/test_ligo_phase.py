@@ -1,4 +1,4 @@
-"""The LiGO phase of a training run (growth/ligo_phase.py): batches drawn from the trainer, FLOPs and
+"""The LiGO phase of a training run (run/ligo_phase.py): batches drawn from the trainer, FLOPs and
 tokens counted by hand, optimizer state fresh or mapped, the grown model saved, resumed and trained
 on; the ``ligo`` plan in accounting, GrowthManager (plan and seed API) and the CLI."""
 
@@ -10,14 +10,14 @@ from torch.utils.data import DataLoader
 from transformer_grow.cli.main import main
 from transformer_grow.data import TokenData
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow.ligo import ligo_layout
-from transformer_grow.growth.accounting import account_plan, flops_per_token
-from transformer_grow.growth.builders import PlanOptions, build_plan, check_plan_options_apply
-from transformer_grow.growth.event import grow_trainer
-from transformer_grow.growth.ligo_phase import ligo_phase_cost, ligo_steps_for
-from transformer_grow.growth.manager import GrowthManager
 from transformer_grow.model import GPT, preset
+from transformer_grow.operators.ligo import ligo_layout
 from transformer_grow.optim_state import optimizer_state_by_name
+from transformer_grow.plans.accounting import account_plan, flops_per_token
+from transformer_grow.plans.builders import PlanOptions, build_plan, check_plan_options_apply
+from transformer_grow.plans.ligo import ligo_phase_cost, ligo_steps_for
+from transformer_grow.run.event import grow_trainer
+from transformer_grow.run.manager import GrowthManager
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.trainer import Trainer
 

@@ -138,8 +138,8 @@ def test_replace_behaves_the_same_after_a_dict_round_trip():
 
 
 def test_one_list_of_fixed_and_growable_fields():
-    from transformer_grow.growth import plan as growth_plan
     from transformer_grow.model.config import FIXED_FIELDS, GROWABLE_FIELDS
+    from transformer_grow.plans import plan as growth_plan
 
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     assert set(FIXED_FIELDS) <= names and set(GROWABLE_FIELDS) <= names
@@ -149,10 +149,10 @@ def test_one_list_of_fixed_and_growable_fields():
 
 
 def test_growth_check_is_shared_by_plans_and_grow(monkeypatch):
-    from transformer_grow.grow import steps
-    from transformer_grow.growth import plan as growth_plan
-    from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, Stage
     from transformer_grow.model import config as model_config
+    from transformer_grow.operators import steps
+    from transformer_grow.plans.plan import GrowthEvent, GrowthPlan, Stage
+    from transformer_grow.plans import plan as growth_plan
 
     old = ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=64, seq_len=16)
     calls = []
@@ -175,7 +175,7 @@ def test_growth_check_is_shared_by_plans_and_grow(monkeypatch):
 
 
 def test_growth_operator_configs_keep_the_head_size():
-    from transformer_grow.grow import heads_ffn, width
+    from transformer_grow.operators import heads_ffn, width
 
     base = ModelConfig(d_model=32, n_head=4, vocab_size=64, seq_len=16)  # head_dim 8, derived
     padded = width.padded_config(base, 48, "zero_pad")

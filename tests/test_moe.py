@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from grow_fixtures import corpus, single_thread  # noqa: F401  (autouse: one intra-op thread)
 
-from transformer_grow.grow import upcycle
-from transformer_grow.grow.moe import ZERO_ROUTER_JITTER
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.model.moe import MoE, load_balancing_loss
+from transformer_grow.operators import upcycle
+from transformer_grow.operators.moe import ZERO_ROUTER_JITTER
 
 
 def moe_config(**kw) -> ModelConfig:

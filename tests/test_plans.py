@@ -5,11 +5,11 @@ import warnings
 import pytest
 
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.builders import PLAN_NAMES, PlanOptions, build_plan, shrink
-from transformer_grow.growth.event import check_growth_events
-from transformer_grow.growth.plan import GrowthEvent, GrowthPlan, PlateauTrigger, Stage
-from transformer_grow.growth.timing import GrowthTimingWarning, g_stack_log10_tokens, g_stack_timing
 from transformer_grow.model import preset
+from transformer_grow.plans.builders import PLAN_NAMES, PlanOptions, build_plan, shrink
+from transformer_grow.plans.plan import GrowthEvent, GrowthPlan, PlateauTrigger, Stage
+from transformer_grow.plans.timing import GrowthTimingWarning, g_stack_log10_tokens, g_stack_timing
+from transformer_grow.run.event import check_growth_events
 
 TARGET = preset("micro", vocab_size=256, n_layer=4)
 SMALL = TARGET.replace(n_layer=2)

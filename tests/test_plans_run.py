@@ -7,16 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import transformer_grow.grow as grow_package
-import transformer_grow.growth.manager as manager_module
+import transformer_grow.operators as grow_package
+import transformer_grow.run.manager as manager_module
 from transformer_grow.data import TokenData
-from transformer_grow.growth.budget import evaluate_fixed_windows
-from transformer_grow.growth.builders import PlanOptions
-from transformer_grow.growth.manager import GrowthManager
-from transformer_grow.growth.plan import PlateauTrigger
-from transformer_grow.growth.trigger import trigger_fires
 from transformer_grow.model import GPT, preset
 from transformer_grow.optim_state import optimizer_state_by_name
+from transformer_grow.plans.builders import PlanOptions
+from transformer_grow.plans.plan import PlateauTrigger
+from transformer_grow.run.budget import evaluate_fixed_windows
+from transformer_grow.run.manager import GrowthManager
+from transformer_grow.run.trigger import trigger_fires
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.evaluate import evaluate_windows
 from transformer_grow.train.metrics import read_metrics
@@ -52,7 +52,7 @@ def run(data, plan, **options):
 
 
 def spy_on_growth(monkeypatch, manager, fail=False):
-    """Wrap :func:`transformer_grow.grow.grow` (what a growth event calls) to record, at the moment of
+    """Wrap :func:`transformer_grow.operators.grow` (what a growth event calls) to record, at the moment of
     growth, the trainer's step, a copy of the model it grows and that model's AdamW state; with
     ``fail``, raise after the grown model was built (a growth that fails half-way)."""
     real_grow, seen = grow_package.grow, {}

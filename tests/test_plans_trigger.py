@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.budget import BudgetSchedule
-from transformer_grow.growth.plan import PlateauTrigger
-from transformer_grow.growth.trigger import StageSchedule, stage_schedule, trigger_fires
+from transformer_grow.plans.plan import PlateauTrigger
+from transformer_grow.run.budget import BudgetSchedule
+from transformer_grow.run.trigger import StageSchedule, stage_schedule, trigger_fires
 from transformer_grow.scaling.schedule_laws import schedule_features
 from transformer_grow.train.schedule import LRSchedule, Rewarmup, lr_at
 

@@ -23,7 +23,7 @@ def test_a_budget_that_cannot_be_honoured_is_refused(budget, message, tmp_path, 
     assert not out.exists()
 
 
-@pytest.mark.filterwarnings("ignore::transformer_grow.growth.timing.GrowthTimingWarning")
+@pytest.mark.filterwarnings("ignore::transformer_grow.plans.timing.GrowthTimingWarning")
 def test_a_plan_that_would_overspend_the_baseline_is_refused():
     config = compare_preset("quick")
     step = config.train.batch_size * config.target.seq_len

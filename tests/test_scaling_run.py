@@ -15,11 +15,11 @@ import pytest
 from test_train_helpers import prepare_bytes_data, write_corpus
 
 from transformer_grow.cli.main import main
-from transformer_grow.growth.accounting import account_plan
-from transformer_grow.growth.manager import GrowthManager
 from transformer_grow.lab.estimate import Throughput, estimate_grid
 from transformer_grow.lab.grid import GridSpec, GridTraining, read_results
 from transformer_grow.lab.runner import EarlyStopRule, GridRunner, decide_early_stop, loss_at_tokens
+from transformer_grow.plans.accounting import account_plan
+from transformer_grow.run.manager import GrowthManager
 
 # 2 sizes x 3 budgets: 8, 16 and 24 steps of 4 x 32 tokens; the Chinchilla fit needs 6 runs per plan.
 MICRO = ["--models", "2x32,2x64", "--tokens", "1k,2048,3072", "--seq-len", "32", "--batch-size", "4",

@@ -15,11 +15,11 @@ from transformer_grow import GrowthManager
 from transformer_grow.cli.main import main
 from transformer_grow.data.iterable import IterableTokens
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.api import Budget, parse_budget, parse_count
 from transformer_grow.model import GPT, preset
+from transformer_grow.run.api import Budget, parse_budget, parse_count
 from transformer_grow.train.config import TrainConfig
 
-pytestmark = [pytest.mark.filterwarnings("ignore::transformer_grow.growth.timing.GrowthTimingWarning"),
+pytestmark = [pytest.mark.filterwarnings("ignore::transformer_grow.plans.timing.GrowthTimingWarning"),
               pytest.mark.usefixtures("one_torch_thread")]  # tiny budgets
 
 VOCAB, SEQ = 64, 16

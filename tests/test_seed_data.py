@@ -18,7 +18,7 @@ from transformer_grow.data.rows import IGNORE
 from transformer_grow.errors import ConfigError
 from transformer_grow.train.config import TrainConfig
 
-pytestmark = [pytest.mark.filterwarnings("ignore::transformer_grow.growth.timing.GrowthTimingWarning"),
+pytestmark = [pytest.mark.filterwarnings("ignore::transformer_grow.plans.timing.GrowthTimingWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
 
 VOCAB, SEQ = 64, 16
@@ -120,7 +120,7 @@ def test_dynamically_padded_batches_of_other_lengths_train_and_validate():
                             train_config=TRAIN, n_evals=2, eval_windows=4)
     manager.grow_and_train(batches)
     assert all(math.isfinite(p.val_loss) for p in manager.result.record.curve)
-    assert bool((manager._windows < 0).any())  # validated on the counted targets only (growth/windows.py)
+    assert bool((manager._windows < 0).any())  # validated on the counted targets only (run/windows.py)
 
 
 @pytest.mark.parametrize("item, message", [

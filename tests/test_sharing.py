@@ -1,4 +1,4 @@
-"""Cross-layer sharing in the model (model/sharing.py), unsharing (grow/unshare.py), checkpoints and the
+"""Cross-layer sharing in the model (model/sharing.py), unsharing (operators/unshare.py), checkpoints and the
 share_unshare plan: counts by hand, gradients summed over uses, exactness, optimizer moments."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import torch
 from grow_fixtures import batch, single_thread, train  # noqa: F401  (single_thread: autouse fixture)
 
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow import grow, grow_optimizer_state, unshare
-from transformer_grow.growth.accounting import flops_per_token
-from transformer_grow.growth.builders import PlanOptions, build_plan
-from transformer_grow.growth.event import check_growth_events
 from transformer_grow.model import GPT, ModelConfig
 from transformer_grow.model.sharing import LoRALinear, strategy_groups, unshared_config
+from transformer_grow.operators import grow, grow_optimizer_state, unshare
 from transformer_grow.optim_state import optimizer_state_by_name
+from transformer_grow.plans.accounting import flops_per_token
+from transformer_grow.plans.builders import PlanOptions, build_plan
+from transformer_grow.run.event import check_growth_events
 from transformer_grow.train.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 # d=16, d_ff=64 (swiglu: 64 * ceil(8 * 16 / 3 / 64)), RMSNorm, no biases: per layer attention 4*16*16 = 1024,
@@ -183,7 +183,7 @@ def test_growth_manager_trains_shared_then_unshared(tmp_path):
     import numpy as np
 
     from transformer_grow.data import TokenData
-    from transformer_grow.growth.manager import GrowthManager
+    from transformer_grow.run.manager import GrowthManager
     from transformer_grow.train.config import TrainConfig
 
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Conversion of a trained model to a shared one (grow/share.py) and `tgrow share`: group choice against
+"""Conversion of a trained model to a shared one (operators/share.py) and `tgrow share`: group choice against
 brute force, the budget, exactness at full LoRA rank, error falling with the rank."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from grow_fixtures import batch, probe, single_thread, train  # noqa: F401  (sin
 from reliability_helpers import tgrow
 
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow.report import default_probe
-from transformer_grow.grow.share import choose_groups, convert, group_cost, layer_similarity, stored_params
 from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.operators.report import default_probe
+from transformer_grow.operators.share import choose_groups, convert, group_cost, layer_similarity, stored_params
 from transformer_grow.train.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 CONFIG = dict(n_layer=4, d_model=32, n_head=4, vocab_size=256, seq_len=32)

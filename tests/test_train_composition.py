@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-import transformer_grow.growth as growth_package
+import transformer_grow.run as growth_package
 from transformer_grow.data.tokens import TokenData
 from transformer_grow.distributed.parallel import Parallel
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.builders import PlanOptions
-from transformer_grow.growth.event import grow_trainer
-from transformer_grow.growth.manager import STATE_KEY, GrowthManager
-from transformer_grow.growth.run_state import GrowthRunState
 from transformer_grow.model import preset
+from transformer_grow.plans.builders import PlanOptions
+from transformer_grow.run.event import grow_trainer
+from transformer_grow.run.manager import STATE_KEY, GrowthManager
+from transformer_grow.run.run_state import GrowthRunState
 from transformer_grow.train import TrainConfig, Trainer, load_checkpoint
 from transformer_grow.train.schedule import LRSchedule
 

@@ -12,15 +12,15 @@ import pytest
 from reliability_helpers import assert_refused, tgrow, train_args
 from test_cli_flags import parse
 
-import transformer_grow.growth.manager as manager_module
+import transformer_grow.run.manager as manager_module
 from transformer_grow.cli.plan import PLAN_FLAGS, plan_options_from_args
 from transformer_grow.data import TokenData
 from transformer_grow.errors import ConfigError
-from transformer_grow.growth.builders import AdaptivePlan, PlanOptions, build_plan
-from transformer_grow.growth.manager import GrowthManager
-from transformer_grow.growth.plan import GrowthPlan, PlateauTrigger
-from transformer_grow.growth.trigger import stage_schedule, trigger_fires
 from transformer_grow.model import preset
+from transformer_grow.plans.builders import AdaptivePlan, PlanOptions, build_plan
+from transformer_grow.plans.plan import GrowthPlan, PlateauTrigger
+from transformer_grow.run.manager import GrowthManager
+from transformer_grow.run.trigger import stage_schedule, trigger_fires
 from transformer_grow.scaling.anneal_prior import AnnealPrior
 from transformer_grow.scaling.schedule_laws import schedule_features
 from transformer_grow.train.config import TrainConfig

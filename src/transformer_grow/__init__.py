@@ -1,6 +1,6 @@
 """transformer-grow: grow Transformer language models during pre-training.
 
-The front door (:mod:`transformer_grow.growth.api`), for our GPT and ``transformers`` models alike:
+The front door (:mod:`transformer_grow.run.api`), for our GPT and ``transformers`` models alike:
 
 >>> from transformer_grow import GrowthManager
 >>> manager = GrowthManager(model=my_model, strategy="g_stack", target_size="7B", budget="100B tokens")
@@ -17,11 +17,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Lazy, so that `import transformer_grow.grow` does not load the trainer.
+    # Lazy, so that `import transformer_grow.operators` does not load the trainer.
     if name in ("GrowthManager", "GrowthRunResult"):
-        from transformer_grow import growth
+        from transformer_grow import run
 
-        return getattr(growth, name)
+        return getattr(run, name)
     if name == "IterableTokens":
         from transformer_grow.data.iterable import IterableTokens
 

@@ -35,11 +35,11 @@ from transformer_grow.cli.plan import PLAN_FLAGS, add_plan_options, plan_options
 from transformer_grow.compare.run import PRESETS, CompareConfig, compare_preset, run_compare
 from transformer_grow.data import DataConfig
 from transformer_grow.errors import require
-from transformer_grow.growth.builders import check_plan_options_apply
-from transformer_grow.growth.timing import GrowthTimingWarning
 from transformer_grow.io import check_directory_path
 from transformer_grow.model import PRESETS as MODEL_PRESETS
 from transformer_grow.model import ModelConfig
+from transformer_grow.plans.builders import check_plan_options_apply
+from transformer_grow.plans.timing import GrowthTimingWarning
 
 # A comparison preset supplies every default; the flags refine it. The budget, evaluation and
 # checkpoint intervals are the comparison's own (budget_tokens, n_evals, eval_windows).
@@ -93,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     config = compare_preset(args.preset)
     target, hf_family = config.target, None
     if getattr(args, "hf_config", None) is not None:
-        from transformer_grow.growth.hf_run import hf_target
+        from transformer_grow.run.hf_run import hf_target
 
         extra = (["--target"] if args.target else []) + [COMPARE_MODEL_FLAGS.flag(name) for name in
                                                          sorted(set(COMPARE_MODEL_FLAGS.given(args)) - {"seq_len"})]

@@ -2,7 +2,7 @@
 
 Each field of a config dataclass (:class:`~transformer_grow.model.ModelConfig`,
 :class:`~transformer_grow.train.TrainConfig`, :class:`~transformer_grow.data.DataConfig`,
-:class:`~transformer_grow.growth.builders.PlanOptions`...) becomes one flag, as LitGPT and torchtitan
+:class:`~transformer_grow.plans.builders.PlanOptions`...) becomes one flag, as LitGPT and torchtitan
 derive theirs: the dataclass is the one source of the names, types, defaults and documentation.
 
 * name: ``--field-name`` (underscores become dashes), unless a :class:`ConfigFlags` renames it

@@ -24,14 +24,14 @@ import torch
 
 from transformer_grow.cli.common import load_config_file
 from transformer_grow.errors import ConfigError, choice, require
-from transformer_grow.grow import grow, grow_optimizer_state, target_config
-from transformer_grow.grow.composite import CHOICES, plan
-from transformer_grow.grow.depth import WHOLE_FACTOR_METHODS
-from transformer_grow.grow.steps import DEFAULTS, resolve_choices
 from transformer_grow.io import atomic_write_json, check_directory_path
 from transformer_grow.model import PRESETS, ModelConfig
 from transformer_grow.model.sharing import unshared_config
 from transformer_grow.model.sizing import is_size, target_for_size
+from transformer_grow.operators import grow, grow_optimizer_state, target_config
+from transformer_grow.operators.composite import CHOICES, plan
+from transformer_grow.operators.depth import WHOLE_FACTOR_METHODS
+from transformer_grow.operators.steps import DEFAULTS, resolve_choices
 from transformer_grow.train.checkpoint import (
     CHECKPOINT_DIRNAME,
     Checkpoint,

@@ -65,7 +65,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from transformer_grow.growth.hf_run import EXPORT_RECORD, export_run
+    from transformer_grow.run.hf_run import EXPORT_RECORD, export_run
 
     record = export_run(args.run, args.out, family=args.family)
     print(f"wrote {args.out} ({record['hf_class']}, step {record['step']}): max|dlogits| against the run's model "
@@ -77,7 +77,7 @@ def check_hf_memory(directory, targets: list, what: str, advice: str) -> None:
     """Refuse, before anything is built or loaded, growth whose estimated peak memory (the source's
     weight bytes and the largest target's parameters at the source's dtype, :data:`TARGET_COPIES`
     copies) exceeds this machine's RAM (the HF path runs on the CPU)."""
-    from transformer_grow.grow.report import DEFAULT_PROBE_BATCH
+    from transformer_grow.operators.report import DEFAULT_PROBE_BATCH
     from transformer_grow.train.memory import FP32, check_memory, estimate_parameters
 
     largest = max(estimate_parameters(t) for t in targets)
@@ -132,9 +132,9 @@ def run_check(args: argparse.Namespace) -> int:
 def grow_hf_dir(args: argparse.Namespace) -> int:
     """`tgrow grow --hf PATH --to ... --out DIR`: the arguments of `tgrow grow` (cli/grow.py)."""
     from transformer_grow.cli.grow import operator_arguments, resolve_target
-    from transformer_grow.grow.composite import plan
     from transformer_grow.hf.grow import RECORD_FILE, grow_hf, save_grown
     from transformer_grow.hf.load import inspect_hf, load_hf
+    from transformer_grow.operators.composite import plan
 
     out = Path(args.out)
     require(not out.exists() or not any(out.iterdir()), f"--out {args.out!r} is not empty; choose another directory")

@@ -21,12 +21,12 @@ import warnings
 from transformer_grow.cli.common import MODEL_FLAGS, TRAIN_FLAGS, add_config_options, load_config_file, model_settings
 from transformer_grow.cli.flags import ConfigFlags, parse_count
 from transformer_grow.errors import require
-from transformer_grow.grow.composite import CHOICES
-from transformer_grow.growth.accounting import FLOPS_FORMULA, account_plan
-from transformer_grow.growth.builders import PLAN_NAMES, PlanOptions, build_plan, check_plan_options_apply
-from transformer_grow.growth.plan import BUDGET_MODES, OPTIMIZER_POLICIES, SCHEDULE_POLICIES
-from transformer_grow.growth.timing import GrowthTimingWarning
 from transformer_grow.model import ModelConfig
+from transformer_grow.operators.composite import CHOICES
+from transformer_grow.plans.accounting import FLOPS_FORMULA, account_plan
+from transformer_grow.plans.builders import PLAN_NAMES, PlanOptions, build_plan, check_plan_options_apply
+from transformer_grow.plans.plan import BUDGET_MODES, OPTIMIZER_POLICIES, SCHEDULE_POLICIES
+from transformer_grow.plans.timing import GrowthTimingWarning
 from transformer_grow.train.config import MAX_COUNTS, TrainConfig
 
 # PlanOptions' short field names would be ambiguous next to the training flags (--schedule,
@@ -118,8 +118,8 @@ def run_plan_from_args(args: argparse.Namespace, resume: bool = False) -> int:
     from transformer_grow.cli.common import build_run_setup
     from transformer_grow.cli.train import diverged_message
     from transformer_grow.data import prepare_data
-    from transformer_grow.growth.manager import GrowthManager
     from transformer_grow.io import lock_run_dir
+    from transformer_grow.run.manager import GrowthManager
     from transformer_grow.train.distributed import main_rank_first
     from transformer_grow.train.interrupt import stop_on_signals
     from transformer_grow.train.memory import check_training_memory

@@ -99,8 +99,8 @@ def _grid_setup(args):
     from transformer_grow.cli.plan import PLAN_FLAGS, plan_options_from_args
     from transformer_grow.data import DataConfig
     from transformer_grow.data.config import BYTE_VOCAB_SIZE, DEFAULT_VOCAB_SIZE
-    from transformer_grow.growth.builders import check_plan_options_apply
     from transformer_grow.lab.grid import GridSpec, parse_list
+    from transformer_grow.plans.builders import check_plan_options_apply
 
     base = GridSpec.from_mode(args.mode)
     overrides: dict = {}
@@ -125,7 +125,7 @@ def _grid_setup(args):
     overrides["tokenizer"] = tokenizer
     overrides["vocab_size"] = BYTE_VOCAB_SIZE if tokenizer == "bytes" else bpe_vocab
     spec = dataclasses.replace(base, **overrides)
-    from transformer_grow.growth.builders import PLAN_NAMES
+    from transformer_grow.plans.builders import PLAN_NAMES
 
     for plan in spec.plans:
         require(plan in PLAN_NAMES, f"plan={plan!r} is not allowed; choose from {', '.join(map(repr, PLAN_NAMES))}")

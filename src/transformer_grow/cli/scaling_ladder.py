@@ -37,8 +37,8 @@ def add_ladder_command(sub) -> None:
 
 
 def run_ladder_command(args) -> int:
-    from transformer_grow.growth.timing import GrowthTimingWarning
     from transformer_grow.ladder.run import run_ladder
+    from transformer_grow.plans.timing import GrowthTimingWarning
 
     config = LadderConfig(**LADDER_FLAGS.given(args))
     config.validate()

@@ -4,7 +4,7 @@
     tgrow share runs/small --params 0.6 --lora-rank 8 --similarity outputs --grouping contiguous --out runs/s
     tgrow train --resume runs/small-shared --max-steps 2000
 
-The layers to share are chosen from the model (:mod:`transformer_grow.grow.share`: layer similarity,
+The layers to share are chosen from the model (:mod:`transformer_grow.operators.share`: layer similarity,
 then groups under the budget ``--params``, a fraction of the layers' parameters). The report
 (parameters saved, the loss change measured on the checkpoint's validation windows before any
 retraining) is printed and written to ``OUT/share_report.json``; the shared checkpoint goes to
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from transformer_grow.cli.grow import probe_batch, refuse_existing_checkpoint
 from transformer_grow.errors import require
-from transformer_grow.grow.share import GROUPINGS, SIMILARITIES, convert
 from transformer_grow.io import atomic_write_json, check_directory_path
 from transformer_grow.model.sharing import SHARE_PARTS
+from transformer_grow.operators.share import GROUPINGS, SIMILARITIES, convert
 from transformer_grow.train.checkpoint import (
     CHECKPOINT_DIRNAME,
     Checkpoint,

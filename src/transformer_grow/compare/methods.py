@@ -3,7 +3,7 @@
 * the baseline ``scratch``: the target from scratch;
 * each growth plan;
 * with ``controls``, one **small-only control** per distinct first-stage model of the plans
-  (:func:`~transformer_grow.growth.builders.small_only_plan`): that smaller model trained alone,
+  (:func:`~transformer_grow.plans.builders.small_only_plan`): that smaller model trained alone,
   never grown, on the baseline's FLOPs. A plan that does not beat its control at equal FLOPs gains
   nothing from growing; its gain over the baseline comes from the target being too large for the
   budget.
@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformer_grow.growth.builders import PlanOptions, build_plan, small_only_model, small_only_plan
-from transformer_grow.growth.plan import GrowthPlan
 from transformer_grow.model import ModelConfig
+from transformer_grow.plans.builders import PlanOptions, build_plan, small_only_model, small_only_plan
+from transformer_grow.plans.plan import GrowthPlan
 
 BASELINE = "scratch"
 KINDS = ("baseline", "plan", "control")

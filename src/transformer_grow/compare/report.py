@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from transformer_grow.compare.sections import extra_sections
-from transformer_grow.growth.record import EvalPoint, RunRecord
 from transformer_grow.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from transformer_grow.run.record import EvalPoint, RunRecord
 
 AXES = ("flops", "wall_seconds", "tokens")
 # Report key of each axis in ``speedup`` (the spec's names).

@@ -49,13 +49,13 @@ from transformer_grow.compare.sections import aggregate_table
 from transformer_grow.compare.summary import build_compare_report
 from transformer_grow.data import DataConfig
 from transformer_grow.errors import ConfigError, require
-from transformer_grow.growth.accounting import FLOPS_FORMULA, account_plan, flops_per_token, param_counts
-from transformer_grow.growth.builders import PLAN_NAMES, PlanOptions, build_plan
-from transformer_grow.growth.event import check_growth_events
-from transformer_grow.growth.manager import GrowthManager, log_to_stderr
-from transformer_grow.growth.plan import describe_config
 from transformer_grow.io import atomic_write_json, lock_run_dir, read_json
 from transformer_grow.model import ModelConfig, preset
+from transformer_grow.plans.accounting import FLOPS_FORMULA, account_plan, flops_per_token, param_counts
+from transformer_grow.plans.builders import PLAN_NAMES, PlanOptions, build_plan
+from transformer_grow.plans.plan import describe_config
+from transformer_grow.run.event import check_growth_events
+from transformer_grow.run.manager import GrowthManager, log_to_stderr
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.memory import check_training_memory
 

@@ -23,7 +23,7 @@ from transformer_grow.compare.budgets import POWER, SATURATING, compute_multipli
 from transformer_grow.compare.methods import BASELINE, Method, RunSpec
 from transformer_grow.compare.report import SPEEDUP_KEYS, build_report
 from transformer_grow.compare.stats import INTERVAL_METHOD, NO_INTERVAL, excludes, summarize
-from transformer_grow.growth.record import RunRecord
+from transformer_grow.run.record import RunRecord
 
 SPEEDUPS = tuple(SPEEDUP_KEYS.values())  # flops, wall_clock, tokens
 BUDGET_FIT = ("per method and seed, final loss vs FLOPs over the budgets: L(C) = a*C^-b by least squares on "

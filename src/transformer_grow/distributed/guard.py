@@ -26,7 +26,7 @@ from transformer_grow.errors import ConfigError
 
 _LIVE_WRAPPERS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
-HOW_TO_GROW = ("unwrap it first (Trainer.unwrap(), or grow_trainer() in transformer_grow.growth.event), grow "
+HOW_TO_GROW = ("unwrap it first (Trainer.unwrap(), or grow_trainer() in transformer_grow.run.event), grow "
                "the plain model, and wrap the grown model anew: "
                "a block added to a live wrapper would train with unsynchronised gradients")
 

@@ -15,11 +15,11 @@ from typing import Any
 from torch import nn
 
 from transformer_grow.errors import ConfigError
-from transformer_grow.grow.build import probe_for
-from transformer_grow.grow.report import GrowthCertificateError
 from transformer_grow.hf.convert import from_hf
 from transformer_grow.hf.grow import grow_hf, source_logits
 from transformer_grow.model import ModelConfig
+from transformer_grow.operators.build import probe_for
+from transformer_grow.operators.report import GrowthCertificateError
 
 
 @dataclass

@@ -19,7 +19,6 @@ import transformers
 from torch import nn
 
 from transformer_grow.errors import ConfigError, choice, require
-from transformer_grow.grow.adapter import GPTAdapter
 from transformer_grow.hf.families import (
     EXTRA_FIELDS,
     FAMILIES,
@@ -29,6 +28,7 @@ from transformer_grow.hf.families import (
     family_of,
 )
 from transformer_grow.model import GPT, ModelConfig
+from transformer_grow.operators.adapter import GPTAdapter
 from transformer_grow.optim_state import StateByName
 
 # Source config fields never carried to an export: derived per layer or by transformers itself.

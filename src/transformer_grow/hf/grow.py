@@ -1,6 +1,6 @@
 """Grow a Hugging Face model: convert, grow with our operators, convert back, measure HF against HF.
 
-``grow_hf(model, target, **grow_kwargs)`` runs :func:`~transformer_grow.grow.grow` on the converted
+``grow_hf(model, target, **grow_kwargs)`` runs :func:`~transformer_grow.operators.grow` on the converted
 model and certifies the whole chain on one probe, in fp32 and eval mode: the conversion (HF source vs
 our GPT), the growth (our report), the export (our grown GPT vs the grown HF model) and end to end
 (HF source vs grown HF model, the number a user cares about). A declared-``exact`` growth whose
@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer_grow.errors import require
-from transformer_grow.grow import grow, grow_optimizer_state
-from transformer_grow.grow.build import probe_for
-from transformer_grow.grow.report import EXACT_TOL, GrowthCertificateError, GrowthResult, fp32_context
 from transformer_grow.hf.convert import FamilyInfo, from_hf, hf_logits, loader_class, state_from_hf, state_to_hf, to_hf
 from transformer_grow.io import atomic_replace_dir, atomic_write_json
 from transformer_grow.model import ModelConfig
+from transformer_grow.operators import grow, grow_optimizer_state
+from transformer_grow.operators.build import probe_for
+from transformer_grow.operators.report import EXACT_TOL, GrowthCertificateError, GrowthResult, fp32_context
 from transformer_grow.optim_state import StateByName
 
 RECORD_FILE = "growth_record.json"
@@ -101,7 +101,7 @@ def grow_hf(
     **grow_kwargs,
 ) -> HFGrowth:
     """Grow the ``transformers`` model ``model`` to ``target`` (our config, a dict of our field names or a
-    preset; see :func:`~transformer_grow.grow.grow`) and convert the result back.
+    preset; see :func:`~transformer_grow.operators.grow`) and convert the result back.
 
     ``optimizer_state``: AdamW state keyed by ``model``'s parameter names
     (:func:`~transformer_grow.optim_state.optimizer_state_by_name`); it is mapped through the key map

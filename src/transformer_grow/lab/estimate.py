@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from transformer_grow.data import TokenData
-from transformer_grow.growth.accounting import account_plan
-from transformer_grow.growth.plan import describe_config
 from transformer_grow.lab.grid import SCRATCH, GridSpec, GridTraining, RunSpec
 from transformer_grow.lab.runner import GridRunner
 from transformer_grow.model import ModelConfig
+from transformer_grow.plans.accounting import account_plan
+from transformer_grow.plans.plan import describe_config
 from transformer_grow.train.config import TrainConfig
 from transformer_grow.train.trainer import Trainer
 

@@ -6,7 +6,7 @@ results record:
 - ``scratch`` runs train with :class:`~transformer_grow.train.Trainer` (cosine schedule over the run's
   own length, ``n_evals`` evaluations on fixed validation windows);
 - growth plans (``g_stack``, ``compound``, ...) run through
-  :class:`~transformer_grow.growth.manager.GrowthManager` with the same training settings, the run's
+  :class:`~transformer_grow.run.manager.GrowthManager` with the same training settings, the run's
   model as the target and the run's tokens as the baseline budget (so in the default
   ``budget_mode="flops"`` a grown run spends the FLOPs of the scratch run of the same size and budget).
   Both evaluate the same windows the same way, and the budget-axis schedule of the manager equals the
@@ -61,9 +61,9 @@ from pathlib import Path
 from typing import Any
 
 from transformer_grow.errors import require
-from transformer_grow.growth.builders import PlanOptions, build_plan
 from transformer_grow.lab.grid import SCRATCH, GridSpec, RunSpec, read_results
 from transformer_grow.model import ModelConfig
+from transformer_grow.plans.builders import PlanOptions, build_plan
 from transformer_grow.scaling.anneal_prior import AnnealPrior, fit_anneal_prior, reference_problem
 from transformer_grow.scaling.curve import DEFAULT_SCHEDULE_FORM, MIN_POINTS, fit_learning_curve, should_stop_early
 from transformer_grow.train.config import TrainConfig
@@ -243,7 +243,7 @@ class GridRunner:
         return plan, sorted({str(w.message) for w in caught})
 
     def _manager(self, run: RunSpec, plan, train_config: TrainConfig, log=None):
-        from transformer_grow.growth.manager import GrowthManager
+        from transformer_grow.run.manager import GrowthManager
 
         t = self.spec.training
         return GrowthManager(plan.target, plan, train_config=train_config, n_evals=t.n_evals,
@@ -360,7 +360,7 @@ class GridRunner:
         return record
 
     def _train_growth(self, run: RunSpec) -> dict[str, Any]:
-        from transformer_grow.growth.manager import log_to_stderr
+        from transformer_grow.run.manager import log_to_stderr
 
         plan, _ = self.build_plan(run, self.data.vocab_size)
         train_config = self.train_config(run)

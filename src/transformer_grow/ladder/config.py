@@ -90,7 +90,7 @@ class LadderConfig:
     max_fraction: float = 0.5
 
     def validate(self) -> None:
-        from transformer_grow.growth.builders import PLAN_NAMES
+        from transformer_grow.plans.builders import PLAN_NAMES
 
         require(isinstance(self.budgets, list) and len(self.budgets) >= 2
                 and all(isinstance(c, (int, float)) and 1e6 <= c <= 1e24 for c in self.budgets)
@@ -160,7 +160,7 @@ class LadderConfig:
     def widths(self, most_params: float, vocab_size: int = 256) -> list[tuple[int, int]]:
         """``(d_model, non-embedding parameters)`` of every even width from ``MIN_WIDTH`` up to the first
         with more than ``most_params`` parameters."""
-        from transformer_grow.growth.accounting import param_counts
+        from transformer_grow.plans.accounting import param_counts
 
         out: list[tuple[int, int]] = []
         for d in range(MIN_WIDTH, MAX_WIDTH + 1, 2):
@@ -176,7 +176,7 @@ class LadderConfig:
 
 def tokens_for(model, flops: float) -> int:
     """Training tokens that spend ``flops`` on ``model`` (a ``ModelConfig``)."""
-    from transformer_grow.growth.accounting import flops_per_token
+    from transformer_grow.plans.accounting import flops_per_token
 
     return max(1, round(flops / flops_per_token(model)))
 

@@ -33,12 +33,12 @@ import numpy as np
 from transformer_grow.compare.regime import ComputeOptimalLaw
 from transformer_grow.compare.run import GROWTH_DEFAULTS, CompareConfig, run_compare
 from transformer_grow.errors import ConfigError, require
-from transformer_grow.growth.accounting import param_counts
-from transformer_grow.growth.builders import build_plan
-from transformer_grow.growth.manager import GrowthManager, log_to_stderr
 from transformer_grow.io import atomic_write_json, lock_run_dir, read_json
 from transformer_grow.lab.grid import append_result, read_results
 from transformer_grow.ladder.config import PRIOR_LAW, LadderConfig, tokens_for
+from transformer_grow.plans.accounting import param_counts
+from transformer_grow.plans.builders import build_plan
+from transformer_grow.run.manager import GrowthManager, log_to_stderr
 from transformer_grow.scaling.isoflop import fit_isoflop
 
 SETTINGS_FILENAME = "ladder.json"

@@ -316,7 +316,7 @@ def _check_size(name: str, value: Any) -> None:
 # Fields that __post_init__ derives from others when they are None (see ModelConfig.replace).
 DERIVED_FIELDS = ("head_dim", "n_kv_head", "d_ff")
 
-# Growth (transformer_grow.grow) keeps these: the architecture family, the vocabulary and the head
+# Growth (transformer_grow.operators) keeps these: the architecture family, the vocabulary and the head
 # size. No operator changes head_dim: heads are added (heads) or cloned (width=clone) whole.
 FIXED_FIELDS = ("vocab_size", "norm", "pos", "mlp", "tie_embeddings", "bias", "qkv_bias", "head_dim",
                 "moe_router", "causal", "norm_placement", "type_vocab_size", "emb_norm", "head")
@@ -352,7 +352,7 @@ def check_growth(old: ModelConfig, new: ModelConfig) -> None:
     every fixed field is kept, and something grows (a size, or the RoPE settings change).
 
     The one check of an old -> new growth: growth plans, the growth manager and
-    :func:`transformer_grow.grow.grow` all call it. Callers add where the configs come from.
+    :func:`transformer_grow.operators.grow` all call it. Callers add where the configs come from.
     A shared model (``share`` not ``none``) grows only into an unshared one: unsharing (exact), then
     any other growth of the same event on the unshared model.
     """
@@ -361,7 +361,7 @@ def check_growth(old: ModelConfig, new: ModelConfig) -> None:
             f"(not {new.share!r}); other sizes may grow with it, after the unsharing")
     require(old.share != "none" or new.share == "none",
             f"share='none' -> {new.share!r} is not growth; convert a trained model to a shared one with "
-            "`tgrow share` (transformer_grow.grow.share.convert)")
+            "`tgrow share` (transformer_grow.operators.share.convert)")
     for name in GROWABLE_FIELDS:
         before, after = getattr(old, name), getattr(new, name)
         require(after >= before, f"growth to a smaller model: {name}={after} is smaller than the model's {before}; "

@@ -18,7 +18,7 @@ No token is dropped: a token for which no expert fires goes, with weight 1, to i
 one closest to firing (largest margin ``s_e - G_e``); DynMoE routes such tokens to their top-1 expert
 at evaluation and records them to create new experts during training (sec. 3.3). Using the margin
 rather than the raw score is our choice: an expert whose threshold is above every score then never
-receives a token, firing or fallback, so adding one is exact (:mod:`transformer_grow.grow.moe`). There is
+receives a token, firing or fallback, so adding one is exact (:mod:`transformer_grow.operators.moe`). There is
 no capacity factor: each expert computes exactly the tokens routed to it (DynMoE's adaptive capacity).
 
 Auxiliary losses (one ``aux_loss`` per layer; the trainer scales it by ``moe_aux_loss_coef``):
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # An expert added with a threshold this far above every score (cosine <= 1) neither fires nor wins a
-# fallback (grow/moe.py: exact_threshold); the margin also covers rounding in the cosine.
+# fallback (operators/moe.py: exact_threshold); the margin also covers rounding in the cosine.
 UNREACHABLE_MARGIN = 0.05
 
 

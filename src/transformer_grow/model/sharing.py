@@ -11,7 +11,7 @@ A shared model has ``n_layer`` layers (computation) but only ``M = share_groups`
 - ``middle_all`` / ``middle_sequence`` / ``middle_cycle``: the first and last layers keep blocks of
   their own and the ``N - 2`` middle layers share ``M - 2`` blocks by ``all`` / ``sequence`` /
   ``cycle`` (``middle_all`` is Subformer's sandwich sharing, Reid et al. 2021);
-- ``custom``: an explicit assignment ``share_layers`` (what :mod:`transformer_grow.grow.share` chooses
+- ``custom``: an explicit assignment ``share_layers`` (what :mod:`transformer_grow.operators.share` chooses
   from a trained model's layer similarity).
 
 What a layer shares with its group (``share_parts``): the whole block, only the attention, or only

@@ -17,6 +17,11 @@ import numpy as np
 from transformer_grow.errors import ConfigError, require
 from transformer_grow.scaling.bootstrap import BootstrapResult, LeaveOneOut, leave_one_out, run_bootstrap
 from transformer_grow.scaling.chinchilla import ChinchillaConfig, ChinchillaFit, fit_chinchilla
+from transformer_grow.scaling.chinchilla_extrapolation import (
+    ChinchillaExtrapolation,
+    fit_chinchilla_extrapolation,
+    needs_calibration,
+)
 from transformer_grow.scaling.data import ScalingData
 from transformer_grow.scaling.isoflop import DEFAULT_RTOL, IsoFlopResult, budget_layout_problem, fit_isoflop
 from transformer_grow.scaling.powerlaw import PowerLawConfig, PowerLawFit, fit_single_variable_laws
@@ -55,6 +60,7 @@ class FitOptions:
     predict_points: tuple[tuple[float, float], ...] = ()  # (N, D) pairs
     predict_flops: tuple[float, ...] = ()  # compute budgets for compute-optimal predictions
     fits: tuple[str, ...] | None = None  # None: all, Approach 2 only when the runs sit on budgets
+    calibrate_extrapolation: bool = True  # backtests over budgets when a prediction lies beyond the runs' compute
 
     def __post_init__(self) -> None:
         for name in self.fits or ():
@@ -81,6 +87,7 @@ class ScalingAnalysis:
     loo: LeaveOneOut | None
     seconds: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    extrapolation: ChinchillaExtrapolation | None = None  # calibration of L(N, D) beyond the fitted compute
 
     @property
     def report_flops(self) -> list[float]:
@@ -138,4 +145,16 @@ def analyse(data: ScalingData, options: FitOptions | None = None) -> ScalingAnal
     if options.leave_one_out and chinchilla is not None:
         loo = leave_one_out(chinchilla, data.labels)
         seconds["leave_one_out"] = loo.seconds
-    return ScalingAnalysis(data, options, chinchilla, single, skipped, isoflop, bootstrap, loo, seconds, notes)
+    extrapolation = None
+    if (options.calibrate_extrapolation and chinchilla is not None and bootstrap is not None
+            and needs_calibration(data.flops, data.n_params, data.tokens, options.predict_points,
+                                  options.predict_flops)):
+        extrapolation = fit_chinchilla_extrapolation(
+            data.n_params, data.tokens, data.flops, data.loss, options.chinchilla, rtol=options.isoflop_rtol,
+            n_bootstrap=options.n_bootstrap, level=options.level, seed=options.seed)
+        seconds["extrapolation_backtests"] = extrapolation.seconds
+        if extrapolation.discrepancy is None:
+            notes.append("predictions beyond the runs' compute are not calibrated: no leave-future-out backtest "
+                         f"(the runs form {extrapolation.budgets} compute budget(s); at least 3 are needed)")
+    return ScalingAnalysis(data, options, chinchilla, single, skipped, isoflop, bootstrap, loo, seconds, notes,
+                           extrapolation)

@@ -33,6 +33,22 @@ def noise_draws(residuals: np.ndarray, n_free: int) -> np.ndarray:
     return (residuals - np.median(residuals)) * inflation
 
 
+def predictive_log_samples(log_mean_samples, residuals, n_free: int, seed: int = 0) -> np.ndarray | None:
+    """(S, G) samples of a new observation's log loss at each of G points: every usable bootstrap row of
+    ``log_mean_samples`` (R, G) plus residual draws (module docstring); None with fewer than two usable rows."""
+    log_mean = np.atleast_2d(np.asarray(log_mean_samples, dtype=float))
+    log_mean = log_mean[np.all(np.isfinite(log_mean), axis=1)]
+    n_points = log_mean.shape[1]
+    if log_mean.shape[0] < 2:
+        return None
+    eps = noise_draws(residuals, n_free)
+    rng = np.random.default_rng(seed)
+    per_sample = max(1, min(eps.size, MAX_SAMPLES // log_mean.shape[0]))
+    draws = eps if per_sample == eps.size else rng.choice(eps, size=(log_mean.shape[0], per_sample))
+    draws = np.broadcast_to(draws, (log_mean.shape[0], per_sample))
+    return (log_mean[:, None, :] + draws[:, :, None]).reshape(-1, n_points)
+
+
 def prediction_interval(log_mean_samples, residuals, n_free: int, level: float, seed: int = 0):
     """Percentile interval ``(lo, hi)`` of a new observation's loss at each point.
 
@@ -40,18 +56,10 @@ def prediction_interval(log_mean_samples, residuals, n_free: int, level: float, 
     point (G); rows with a non-finite value are ignored. Returns arrays of length G (NaN when fewer than
     two samples are usable).
     """
-    log_mean = np.atleast_2d(np.asarray(log_mean_samples, dtype=float))
-    log_mean = log_mean[np.all(np.isfinite(log_mean), axis=1)]
-    n_points = log_mean.shape[1]
-    if log_mean.shape[0] < 2:
-        nan = np.full(n_points, np.nan)
+    samples = predictive_log_samples(log_mean_samples, residuals, n_free, seed)
+    if samples is None:
+        nan = np.full(np.atleast_2d(np.asarray(log_mean_samples)).shape[1], np.nan)
         return nan, nan.copy()
-    eps = noise_draws(residuals, n_free)
-    rng = np.random.default_rng(seed)
-    per_sample = max(1, min(eps.size, MAX_SAMPLES // log_mean.shape[0]))
-    draws = eps if per_sample == eps.size else rng.choice(eps, size=(log_mean.shape[0], per_sample))
-    draws = np.broadcast_to(draws, (log_mean.shape[0], per_sample))
-    samples = (log_mean[:, None, :] + draws[:, :, None]).reshape(-1, n_points)
     lo, hi = np.percentile(samples, [50.0 * (1.0 - level), 50.0 * (1.0 + level)], axis=0)
     return np.exp(lo), np.exp(hi)
 

@@ -6,6 +6,9 @@ Uncertainty, all from the same bootstrap resamples (null when the bootstrap is o
 - ``se``: bootstrap standard error (standard deviation of the samples);
 - ``pi``: *prediction* interval of a new run's loss: the law's samples plus the fitted runs' residual
   noise (:mod:`.predict`). A 95% ``pi`` should contain about 95% of new runs; a ``ci`` is much narrower.
+- ``pi_calibrated`` (Approach 3 rows and predictions beyond the runs' compute range, ``decades_beyond`` > 0):
+  the ``pi`` widened by the discrepancy learnt from leave-future-out backtests over the compute budgets
+  (:mod:`.chinchilla_extrapolation`); a ``pi`` alone under-covers there when the law's form is not exact.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from transformer_grow.io import atomic_write_json, atomic_write_text
 from transformer_grow.scaling.analysis import ScalingAnalysis
 from transformer_grow.scaling.bootstrap import interval
 from transformer_grow.scaling.chinchilla import PARAM_NAMES
+from transformer_grow.scaling.extrapolation import decades_outside
 from transformer_grow.scaling.isoflop import power_value
 from transformer_grow.scaling.predict import prediction_interval, safe_log, standard_error
 from transformer_grow.scaling.report_text import fit_markdown, short_summary
@@ -37,6 +41,10 @@ class _Uncertainty:
         self.boot = analysis.bootstrap
         self.level = analysis.options.level
         self.seed = analysis.options.seed
+        self.extrapolation = analysis.extrapolation
+        self.flops = analysis.data.flops
+        data = analysis.data
+        self.flops_per_6nd = float(np.median(data.flops / (6.0 * data.n_params * data.tokens)))
 
     def ci(self, samples) -> list[float] | None:
         return None if self.boot is None or samples is None else interval(samples, self.level)
@@ -52,6 +60,19 @@ class _Uncertainty:
                                      self.seed)
         return None if not np.isfinite(lo[0]) else [float(lo[0]), float(hi[0])]
 
+    def pi_calibrated(self, mean_samples, fit, flops: float) -> list[float] | None:
+        """The prediction interval widened by the learnt discrepancy at compute ``flops`` (None inside the
+        fitted range, or without a bootstrap or calibration)."""
+        if self.boot is None or mean_samples is None or self.extrapolation is None:
+            return None
+        if self.extrapolation.decades(flops) <= 0:
+            return None
+        return self.extrapolation.calibrated(mean_samples, fit.log_residuals, fit.n_free, flops, self.seed)
+
+    def decades(self, flops: float) -> float:
+        lo, hi = np.log10(self.flops.min()), np.log10(self.flops.max())
+        return float(decades_outside(np.log10(flops), lo, hi))
+
 
 def _approach3_row(analysis: ScalingAnalysis, u: _Uncertainty, flops: float) -> dict[str, Any]:
     fit = analysis.chinchilla
@@ -65,6 +86,8 @@ def _approach3_row(analysis: ScalingAnalysis, u: _Uncertainty, flops: float) -> 
         for name, s in (("N_opt", s_n), ("D_opt", s_d), ("tokens_per_param", s_d / s_n), ("loss", s_loss)):
             row["ci"][name], row["se"][name] = u.ci(s), u.se(s)
         row["pi"] = u.pi(s_loss, fit)
+    row["decades_beyond"] = u.decades(flops)
+    row["pi_calibrated"] = u.pi_calibrated(s_loss, fit, flops) if samples is not None else None
     return row
 
 
@@ -185,9 +208,12 @@ def fit_summary(analysis: ScalingAnalysis) -> dict[str, Any]:
         samples = boot.chinchilla if boot else None
         for n_params, tokens in analysis.options.predict_points:
             s_loss = samples.loss(n_params, tokens) if samples is not None else None
+            flops = 6.0 * n_params * tokens * u.flops_per_6nd
             predictions.append({"N": n_params, "D": tokens, "loss": float(fit.params.loss(n_params, tokens)),
                                 "ci": u.ci(s_loss), "se": u.se(s_loss),
-                                "pi": u.pi(s_loss, fit) if s_loss is not None else None})
+                                "pi": u.pi(s_loss, fit) if s_loss is not None else None,
+                                "C": flops, "decades_beyond": u.decades(flops),
+                                "pi_calibrated": u.pi_calibrated(s_loss, fit, flops) if s_loss is not None else None})
     search = fit.search if fit is not None else None
     bootstrap = None
     if boot is not None:
@@ -224,6 +250,7 @@ def fit_summary(analysis: ScalingAnalysis) -> dict[str, Any]:
         "bootstrap": bootstrap,
         "single_variable": _single_variable(analysis, u),
         "isoflop": _isoflop(analysis, u),
+        "extrapolation": analysis.extrapolation.as_dict() if analysis.extrapolation is not None else None,
         "seconds": analysis.seconds,
     }
 

@@ -95,6 +95,7 @@ def fit_markdown(summary: dict[str, Any], plots: list[str]) -> str:
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {p['N']:.3g} | {p['D']:.3g} | {p['loss']:.4g}{_se(p['se'])} | {_range(p['ci'])} | "
                   f"{_range(p['pi'])} |" for p in summary["predictions"]]
+    lines += _extrapolation_markdown(summary)
     loo = summary["loo"]
     if loo:
         lines += ["", "## Leave-one-out", "",
@@ -113,6 +114,42 @@ def fit_markdown(summary: dict[str, Any], plots: list[str]) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
+
+
+def _calibrated_rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, row) of every Approach-3 prediction beyond the runs' compute range."""
+    rows = [(f"L(N_opt, D_opt) at C={row['C']:.3g}", row) for row in summary["compute_optimal"]["at"]
+            if row.get("decades_beyond")]
+    rows += [(f"L(N={p['N']:.3g}, D={p['D']:.3g}) (C={p['C']:.3g})", p) for p in summary["predictions"]
+             if p.get("decades_beyond")]
+    return rows
+
+
+def _coverage_text(extrapolation: dict[str, Any]) -> str:
+    table = {row["range"]: row for row in extrapolation["leave_future_out"]["coverage"]}
+    beyond = table["all beyond"]
+    if not beyond["n"]:
+        return "no backtest beyond its fold's range"
+    calibrated = "-" if beyond["calibrated"] is None else f"{beyond['calibrated']:.0%} of {beyond['n_calibrated']}"
+    return (f"backtests held {beyond['uncalibrated']:.0%} of {beyond['n']} uncalibrated, {calibrated} calibrated "
+            "(each fold calibrated only by the budgets below its top)")
+
+
+def _extrapolation_markdown(summary: dict[str, Any]) -> list[str]:
+    rows = _calibrated_rows(summary)
+    ext = summary.get("extrapolation")
+    if not rows:
+        return []
+    level = summary["level"]
+    lines = ["", "## Beyond the runs' compute range (calibrated)", ""]
+    if ext and ext["discrepancy"]:
+        lines += [f"Leave-future-out backtests over {ext['budgets']} compute budgets ({ext['folds']} folds): "
+                  f"{_coverage_text(ext)}. {ext['method']}.", ""]
+    lines += [f"| prediction | decades beyond | {level:.0%} pi | {level:.0%} pi calibrated |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {label} | {row['decades_beyond']:.2f} | {_range(row.get('pi'))} | "
+              f"{_range(row.get('pi_calibrated'))} |" for label, row in rows]
+    return lines
 
 
 def _single_markdown(summary: dict[str, Any]) -> list[str]:
@@ -186,6 +223,14 @@ def short_summary(summary: dict[str, Any]) -> str:
     for p in summary["predictions"]:
         lines.append(f"  L(N={p['N']:.3g}, D={p['D']:.3g}) = {p['loss']:.4g}{_se(p['se'])}, {level:.0%} ci "
                      f"{_range(p['ci'])}, prediction interval {_range(p['pi'])}")
+    rows = _calibrated_rows(summary)
+    if rows:
+        ext = summary.get("extrapolation")
+        how = _coverage_text(ext) if ext and ext["discrepancy"] else "not calibrated (no leave-future-out backtest)"
+        lines.append(f"beyond the runs' compute ({how}):")
+        lines += [f"  {label}: {row['decades_beyond']:.2f} decades beyond, {level:.0%} prediction interval "
+                  f"{_range(row.get('pi'))}, calibrated {_range(row.get('pi_calibrated'))} [extrapolation]"
+                  for label, row in rows]
     if summary["loo"]:
         loo = summary["loo"]
         lines.append(f"leave-one-out: rmse(log L) {loo['rmse_log_loss']:.4f}, "

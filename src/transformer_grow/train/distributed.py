@@ -9,7 +9,7 @@ There is no distributed trainer class: the :class:`~transformer_grow.train.Train
 ``parallel`` (:class:`~transformer_grow.distributed.parallel.DataParallel`) that wraps the model,
 slices every global batch, averages the loss over ranks and gathers checkpoints (see
 :mod:`transformer_grow.distributed.parallel`). Growth of a trainer's model, plain or distributed, is
-:func:`transformer_grow.growth.event.grow_trainer`.
+:func:`transformer_grow.run.event.grow_trainer`.
 
 :func:`make_trainer`, :func:`resume_trainer` and :func:`maybe_distributed_session` pick plain or
 distributed training from ``strategy`` (``None``/``"none"``, ``"ddp"``, ``"fsdp"``), for the CLI.

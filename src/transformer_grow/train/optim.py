@@ -30,7 +30,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
 
 
 # ---------------------------------------------------------------------------------- LR multipliers
-# After dynamics-preserving growth (transformer_grow.grow.dynamics) some grown parameters need their
+# After dynamics-preserving growth (transformer_grow.operators.dynamics) some grown parameters need their
 # AdamW direction scaled per element by m (the value scale s_v), while decoupled weight decay keeps
 # its rate (Loshchilov & Hutter 2019): p* = p (1 - lr wd) - lr m u. torch's AdamW computes
 # p' = p (1 - lr wd) - lr u, so

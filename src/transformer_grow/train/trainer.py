@@ -250,7 +250,7 @@ class Trainer(RunLifecycle):
 
     def draw_batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The next training batch ``(x, y)`` (this process's share), for work outside a normal step
-        (e.g. training a LiGO growth operator, growth/ligo_phase.py). The data position (``step``)
+        (e.g. training a LiGO growth operator, run/ligo_phase.py). The data position (``step``)
         advances, so training goes on with the batch after it and a resumed run reads the same
         batches; count the work's cost with :meth:`add_spent`. ``batch_size``: global, default the run's."""
         x, y = self.data.batch(self.config.batch_index(self.step), batch_size or self.config.batch_size, self.seq_len,
